@@ -1,0 +1,1 @@
+"""steelqc model_registry layer."""

@@ -1,0 +1,1 @@
+"""steelqc monitoring layer."""

@@ -1,0 +1,161 @@
+"""One typed settings object for steelqc (env prefix ``STEELQC_``, optional YAML file).
+
+Precedence, highest first: keyword arguments, ``STEELQC_*`` environment variables, the YAML file named by
+``STEELQC_CONFIG`` (or passed to :func:`load_settings`), then the embedded defaults below, which keep all state
+under ``STEELQC_HOME`` (default ``.steelqc/`` in the working directory).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CLASS_NAMES: dict[int, str] = {0: "ok", 1: "crack", 2: "scratch", 3: "dent", 4: "other"}
+SEVERSTAL_SHAPE: tuple[int, int] = (256, 1600)
+
+
+class Gates(BaseModel):
+    """Thresholds a model version must meet before it may become `challenger`."""
+
+    macro_f1_min: float = 0.80
+    critical_recall_min: float = 0.95
+    critical_precision_min: float = 0.50
+    glare_delta_f1_max: float = 0.03
+    champion_macro_f1_tolerance: float = 0.005
+    min_test_support_per_class: int = 5
+
+
+class SplitFractions(BaseModel):
+    """Share of each class that goes to train, validation and test."""
+
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6 or min(self.train, self.val, self.test) <= 0:
+            raise ValueError(f"split fractions must be positive and sum to 1, got {total:.4f}")
+        return self
+
+
+class Settings(BaseSettings):
+    """All steelqc settings. Nested fields use ``__`` in env vars, e.g. ``STEELQC_GATES__MACRO_F1_MIN=0.9``."""
+
+    model_config = SettingsConfigDict(env_prefix="STEELQC_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Field(default=Path(".steelqc"), description="Root of all local state (runs, MLflow, Optuna).")
+    config: Path | None = Field(default=None, description="Optional YAML settings file.")
+    class_names: dict[int, str] = Field(default_factory=lambda: dict(DEFAULT_CLASS_NAMES))
+    critical_class: str = "crack"
+    label_priority: list[str] | None = Field(
+        default=None,
+        description="Order in which defect classes win the single label; default: critical first, then by id.",
+    )
+    image_height: int = SEVERSTAL_SHAPE[0]
+    image_width: int = SEVERSTAL_SHAPE[1]
+    max_image_pixels: int = Field(
+        default=50_000_000, description="Images with more pixels are refused (decompression bomb)."
+    )
+    split: SplitFractions = Field(default_factory=SplitFractions)
+    seed: int = 42
+    gates: Gates = Field(default_factory=Gates)
+    io_workers: int = Field(default=4, description="Threads for image checks during ingest.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, init_settings))
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> Settings:
+        if self.class_names.get(0) is None:
+            raise ValueError("class_names must define id 0 (the defect-free class)")
+        names = list(self.class_names.values())
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        if self.critical_class not in names or self.critical_class == self.class_names[0]:
+            raise ValueError(f"critical_class {self.critical_class!r} must be a defect class among {names[1:]}")
+        if self.label_priority is not None:
+            unknown = set(self.label_priority) - set(names)
+            if unknown:
+                raise ValueError(f"label_priority names unknown classes {sorted(unknown)}")
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(height, width) of Severstal images."""
+        return (self.image_height, self.image_width)
+
+    @cached_property
+    def class_ids(self) -> dict[str, int]:
+        """Class name -> id."""
+        return {name: cid for cid, name in self.class_names.items()}
+
+    @property
+    def critical_id(self) -> int:
+        return self.class_ids[self.critical_class]
+
+    def priority_ids(self) -> list[int]:
+        """Defect class ids in label-priority order (critical first unless configured otherwise)."""
+        return label_priority_ids(self.class_names, self.critical_class, self.label_priority)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+def label_priority_ids(
+    class_names: dict[int, str], critical_class: str, priority: list[str] | None = None
+) -> list[int]:
+    """Defect ids ordered by priority: the given names first, then critical, then the rest by id."""
+    ids = {name: cid for cid, name in class_names.items()}
+    defect_ids = sorted(cid for cid in class_names if cid != 0)
+    ordered = [ids[n] for n in (priority or []) if ids.get(n, 0) != 0]
+    if ids[critical_class] not in ordered:
+        ordered.append(ids[critical_class])
+    ordered += [cid for cid in defect_ids if cid not in ordered]
+    return ordered
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by the `config` init argument or ``STEELQC_CONFIG``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._init = init_settings
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = self._init().get("config") or os.environ.get("STEELQC_CONFIG")
+        if not path:
+            return {}
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"settings file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"settings file {path} must hold a mapping at its top level")
+        return data
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, an optional YAML file, the environment and explicit overrides."""
+    if config is not None:
+        overrides["config"] = Path(config)
+    return Settings(**overrides)
