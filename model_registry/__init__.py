@@ -1,1 +1,1 @@
-"""steelqc model_registry layer."""
+"""steelqc model registry: MLflow store set-up, gates, versions, aliases, approval, audit and rollback."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
@@ -69,6 +69,22 @@ class Settings(BaseSettings):
     gates: Gates = Field(default_factory=Gates)
     io_workers: int = Field(default=4, description="Threads for image checks during ingest.")
 
+    # MLflow and the registry
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default: SQLite store under STEELQC_HOME."
+    )
+    experiment: str = "steel-defects"
+    registered_model: str = Field(
+        default="steel-defect-classifier", description="One registered model per label space."
+    )
+    approval: Literal["auto", "manual"] = "auto"
+    critical_recall_target: float = Field(default=0.95, description="Recall the critical threshold is calibrated to.")
+    bootstrap_samples: int = 1000
+    weights_fallback: Literal["none", "fail"] = Field(
+        default="none", description="When ImageNet weights cannot be had: train from scratch (none) or fail."
+    )
+    lock_timeout_s: float = Field(default=120.0, description="How long to wait for the registry promotion lock.")
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -116,6 +132,16 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The tracking URI: the setting, else a SQLite store under ``home``."""
+        return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a local store keeps artifacts (ignored by a remote tracking server)."""
+        return (self.home / "mlartifacts").resolve()
 
 
 def label_priority_ids(

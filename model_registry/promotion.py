@@ -1,0 +1,268 @@
+"""Versions, aliases and the audit trail: every alias move goes through :func:`move_alias`.
+
+* **Lock.** A promotion lock is a registered model named ``<model>.promotion-lock``: creating a registered model is
+  atomic in every MLflow store (the name is a primary key), so the lock holds across machines that share one
+  tracking server. A lock older than ``STALE_LOCK_S`` (a crashed holder) is broken with a warning.
+* **Audit trail.** Each decision is a registered-model tag ``audit/<seq>`` holding a JSON event (when, action,
+  alias, from which version to which, why, by whom, run id), so everyone on one tracking server sees the same
+  history. Events are written inside the lock, so sequence numbers never collide.
+* **Never half-changed.** If the audit write fails after an alias moved, the alias is put back before the error
+  propagates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+LOCK_SUFFIX = ".promotion-lock"
+AUDIT_PREFIX = "audit/"
+STALE_LOCK_S = 600.0
+PROMOTING_ACTIONS = ("promote", "approve", "rollback")
+
+
+class PromotionRefused(RuntimeError):
+    """An alias move that the rules forbid (gates failed, champion changed, self-approval...)."""
+
+
+class LockTimeout(RuntimeError):
+    """The promotion lock could not be had in time."""
+
+
+def actor() -> str:
+    """Who is acting: ``STEELQC_ACTOR`` or ``user@host``."""
+    return os.environ.get("STEELQC_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _already_exists(exc: MlflowException) -> bool:
+    return exc.error_code == "RESOURCE_ALREADY_EXISTS" or "already exists" in str(exc).lower()
+
+
+@contextlib.contextmanager
+def registry_lock(
+    client: MlflowClient, name: str, timeout_s: float = 120.0, owner: str | None = None
+) -> Iterator[None]:
+    """Hold the promotion lock of registered model ``name`` (see the module docstring)."""
+    lock_name = f"{name}{LOCK_SUFFIX}"
+    owner = owner or f"{actor()} pid {os.getpid()}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(
+                lock_name,
+                tags={"owner": owner, "acquired_at": str(time.time())},
+                description="steelqc promotion lock (transient)",
+            )
+            break
+        except MlflowException as exc:
+            if not _already_exists(exc):
+                raise
+        try:
+            held = client.get_registered_model(lock_name)
+            age = time.time() - float(held.tags.get("acquired_at", time.time()))
+        except MlflowException:
+            continue  # released between our attempts
+        if age > STALE_LOCK_S:
+            log.warning("breaking a stale promotion lock held by %s for %.0f s", held.tags.get("owner"), age)
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock_name)
+            continue
+        if time.monotonic() > deadline:
+            raise LockTimeout(f"promotion lock of {name!r} held by {held.tags.get('owner')} for {age:.0f} s")
+        time.sleep(0.1 + random.random() * 0.2)
+    try:
+        yield
+    finally:
+        try:
+            client.delete_registered_model(lock_name)
+        except MlflowException as exc:  # pragma: no cover - only if someone broke our lock
+            log.warning("could not release promotion lock %s: %s", lock_name, exc)
+
+
+# --------------------------------------------------------------------------------------------- audit
+
+
+def history(client: MlflowClient, name: str) -> list[dict]:
+    """All audit events of ``name``, oldest first."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return []
+    events = [json.loads(v) for k, v in model.tags.items() if k.startswith(AUDIT_PREFIX)]
+    return sorted(events, key=lambda e: e["seq"])
+
+
+def _record(client: MlflowClient, name: str, event: dict) -> dict:
+    """Append one audit event (call inside the lock)."""
+    model = client.get_registered_model(name)
+    seqs = [int(k[len(AUDIT_PREFIX) :]) for k in model.tags if k.startswith(AUDIT_PREFIX)]
+    event = {"seq": max(seqs, default=0) + 1, "time": _now(), **event}
+    client.set_registered_model_tag(name, f"{AUDIT_PREFIX}{event['seq']:08d}", json.dumps(event, default=str))
+    log.info("audit %s: %s", name, event)
+    return event
+
+
+def record_decision(client: MlflowClient, name: str, timeout_s: float = 120.0, **event: Any) -> dict:
+    """Record a decision that moves no alias (gates failed, approval rejected, ...)."""
+    ensure_registered_model(client, name)
+    with registry_lock(client, name, timeout_s):
+        return _record(client, name, {"actor": actor(), **event})
+
+
+# ------------------------------------------------------------------------------------ versions, aliases
+
+
+def ensure_registered_model(client: MlflowClient, name: str, tags: dict[str, str] | None = None) -> None:
+    """Create the registered model if it does not exist (concurrent creators are fine)."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, tags=tags, description="steelqc steel-surface defect classifier")
+        except MlflowException as exc:
+            if not _already_exists(exc):
+                raise
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """{alias: version} of ``name`` (empty when it does not exist)."""
+    try:
+        return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+    except MlflowException:
+        return {}
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    return aliases(client, name).get(alias)
+
+
+def register_version(
+    client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str], timeout_s: float = 120.0
+) -> tuple[ModelVersion, bool]:
+    """Register ``model_uri`` as a version of ``name``, once per training run (a retry returns the same version).
+
+    Returns (version, created).
+    """
+    ensure_registered_model(client, name)
+    with registry_lock(client, name, timeout_s):
+        existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if existing:
+            version = min(existing, key=lambda v: int(v.version))
+            log.info("run %s already registered as %s v%s", run_id, name, version.version)
+            return version, False
+        version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
+        _record(
+            client,
+            name,
+            {
+                "action": "register",
+                "alias": None,
+                "from_version": None,
+                "to_version": str(version.version),
+                "reason": "new version from training run",
+                "actor": actor(),
+                "run_id": run_id,
+            },
+        )
+        return version, True
+
+
+def gates_passed(client: MlflowClient, name: str, version: str) -> bool:
+    return client.get_model_version(name, version).tags.get("gates_passed") == "true"
+
+
+def move_alias(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    *,
+    action: str,
+    reason: str,
+    who: str | None = None,
+    run_id: str | None = None,
+    check: Callable[[str | None], str | None] | None = None,
+    require_gates: bool = True,
+    timeout_s: float = 120.0,
+    extra: dict | None = None,
+) -> dict:
+    """The one audited, locked way to point ``alias`` at ``version``.
+
+    Inside the lock: reads the alias's current version, refuses a version whose gates did not pass
+    (``require_gates``), runs ``check(current_version)`` (a non-empty string refuses with that reason), moves
+    the alias and appends the audit event. A refusal is recorded too, then raised as :class:`PromotionRefused`.
+    """
+    who = who or actor()
+    version = str(version)
+    with registry_lock(client, name, timeout_s):
+        current = alias_version(client, name, alias)
+        base = {
+            "action": action,
+            "alias": alias,
+            "from_version": current,
+            "to_version": version,
+            "actor": who,
+            "run_id": run_id,
+            **(extra or {}),
+        }
+        why_not = None
+        if require_gates and not gates_passed(client, name, version):
+            why_not = f"version {version} did not pass its gates"
+        elif check is not None:
+            why_not = check(current)
+        if why_not:
+            _record(client, name, {**base, "action": f"{action}-refused", "reason": why_not})
+            raise PromotionRefused(why_not)
+        client.set_registered_model_alias(name, alias, version)
+        try:
+            return _record(client, name, {**base, "reason": reason})
+        except Exception:
+            log.error("audit write failed; restoring %s -> %s", alias, current)
+            if current is None:
+                client.delete_registered_model_alias(name, alias)
+            else:
+                client.set_registered_model_alias(name, alias, current)
+            raise
+
+
+def rollback(client: MlflowClient, name: str, reason: str = "rollback", who: str | None = None) -> dict:
+    """Point ``champion`` back at the last earlier champion that passed its gates."""
+    current = alias_version(client, name, CHAMPION)
+    earlier = [
+        e["to_version"]
+        for e in history(client, name)
+        if e.get("alias") == CHAMPION and e.get("action") in PROMOTING_ACTIONS and e["to_version"] != current
+    ]
+    for version in reversed(earlier):
+        if gates_passed(client, name, version):
+            return move_alias(
+                client,
+                name,
+                CHAMPION,
+                version,
+                action="rollback",
+                reason=reason,
+                who=who,
+                check=lambda now, seen=current: None if now == seen else f"champion moved to {now} meanwhile",
+            )
+    raise PromotionRefused(f"no earlier champion of {name!r} that passed its gates (current: {current})")

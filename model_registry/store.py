@@ -1,0 +1,40 @@
+"""MLflow set-up: tracking URI, the experiment and a client, from the settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import mlflow
+from mlflow import MlflowClient
+
+from tasks.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured store, create the experiment if needed; returns its id.
+
+    With the embedded default (SQLite under ``STEELQC_HOME``) artifacts go to ``STEELQC_HOME/mlartifacts``.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    uri = settings.mlflow_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    if experiment is None:
+        location = settings.artifact_root.as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(settings.experiment, artifact_location=location)
+        log.info("created MLflow experiment %s (%s) in %s", settings.experiment, experiment_id, uri)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def client(settings: Settings) -> MlflowClient:
+    """A client bound to the configured tracking and registry store."""
+    return MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)

@@ -1,0 +1,159 @@
+"""Registration, alias moves, audit trail and rollback against a real MLflow store (SQLite under STEELQC_HOME)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from model_registry.promotion import (
+    CHAMPION,
+    PromotionRefused,
+    alias_version,
+    aliases,
+    history,
+    move_alias,
+    register_version,
+    registry_lock,
+    rollback,
+)
+from model_registry.store import client, configure
+from tasks.config import Settings
+
+
+@pytest.fixture
+def store(steelqc_home: Path):
+    settings = Settings()
+    configure(settings)
+    return settings, client(settings)
+
+
+def new_version(settings: Settings, c, passed: bool) -> str:
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"passed": passed}, "model/info.json")
+        version, created = register_version(
+            c,
+            settings.registered_model,
+            f"runs:/{run.info.run_id}/model",
+            run.info.run_id,
+            {"gates_passed": "true" if passed else "false"},
+        )
+    assert created
+    return str(version.version)
+
+
+def test_registration_is_idempotent_per_run(store) -> None:
+    settings, c = store
+    with mlflow.start_run() as run:
+        mlflow.log_dict({}, "model/info.json")
+        uri = f"runs:/{run.info.run_id}/model"
+        first, created = register_version(c, settings.registered_model, uri, run.info.run_id, {})
+        again, created_again = register_version(c, settings.registered_model, uri, run.info.run_id, {})
+    assert created and not created_again and first.version == again.version
+    assert len(c.search_model_versions(f"name='{settings.registered_model}'")) == 1
+
+
+def test_alias_moves_refusals_audit_and_rollback(store) -> None:
+    settings, c = store
+    name = settings.registered_model
+    v1, v_bad, v3 = new_version(settings, c, True), new_version(settings, c, False), new_version(settings, c, True)
+    move_alias(c, name, CHAMPION, v1, action="promote", reason="first", who="lead-a")
+    with pytest.raises(PromotionRefused, match="did not pass its gates"):
+        move_alias(c, name, CHAMPION, v_bad, action="promote", reason="should not happen")
+    assert alias_version(c, name, CHAMPION) == v1
+    move_alias(c, name, CHAMPION, v3, action="promote", reason="better", who="lead-b")
+    assert aliases(c, name) == {CHAMPION: v3}
+    event = rollback(c, name, reason="plant reported false alarms", who="lead-a")
+    assert (event["from_version"], event["to_version"]) == (v3, v1)
+    assert alias_version(c, name, CHAMPION) == v1
+    events = history(c, name)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    moves = [(e["action"], e.get("from_version"), e["to_version"], e["actor"]) for e in events if e["alias"]]
+    assert moves == [
+        ("promote", None, v1, "lead-a"),
+        ("promote-refused", v1, v_bad, moves[1][3]),
+        ("promote", v1, v3, "lead-b"),
+        ("rollback", v3, v1, "lead-a"),
+    ]
+    assert events[-1]["reason"] == "plant reported false alarms"
+
+
+def test_rollback_skips_versions_that_failed_gates_and_needs_an_earlier_champion(store) -> None:
+    settings, c = store
+    name = settings.registered_model
+    v1 = new_version(settings, c, True)
+    move_alias(c, name, CHAMPION, v1, action="promote", reason="only one")
+    with pytest.raises(PromotionRefused, match="no earlier champion"):
+        rollback(c, name)
+
+
+def test_check_inside_the_lock_refuses_a_stale_decision(store) -> None:
+    settings, c = store
+    name = settings.registered_model
+    v1, v2 = new_version(settings, c, True), new_version(settings, c, True)
+    seen = alias_version(c, name, CHAMPION)  # None: evaluated against "no champion"
+    move_alias(c, name, CHAMPION, v1, action="promote", reason="other run won")
+    with pytest.raises(PromotionRefused, match="champion changed"):
+        move_alias(
+            c,
+            name,
+            CHAMPION,
+            v2,
+            action="promote",
+            reason="auto",
+            check=lambda now: None if now == seen else f"champion changed from {seen} to {now}",
+        )
+    assert alias_version(c, name, CHAMPION) == v1
+
+
+def _race(home: str, version: str, barrier) -> str:
+    import os
+
+    os.environ["STEELQC_HOME"] = home
+    settings = Settings()
+    configure(settings)
+    c = client(settings)
+    seen = alias_version(c, settings.registered_model, CHAMPION)
+    barrier.wait()
+    try:
+        move_alias(
+            c,
+            settings.registered_model,
+            CHAMPION,
+            version,
+            action="promote",
+            reason="race",
+            check=lambda now: None if now == seen else f"champion changed from {seen} to {now}",
+        )
+        return "promoted"
+    except PromotionRefused:
+        return "refused"
+
+
+def test_two_concurrent_promotions_leave_exactly_one_champion(store, steelqc_home: Path) -> None:
+    settings, c = store
+    v1, v2 = new_version(settings, c, True), new_version(settings, c, True)
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(2)
+        with ctx.Pool(2) as pool:
+            outcomes = pool.starmap(_race, [(str(steelqc_home), v1, barrier), (str(steelqc_home), v2, barrier)])
+    assert sorted(outcomes) == ["promoted", "refused"]
+    champion = alias_version(c, settings.registered_model, CHAMPION)
+    assert champion in (v1, v2)
+    assert c.get_model_version(settings.registered_model, champion).tags["gates_passed"] == "true"
+    assert [e["action"] for e in history(c, settings.registered_model) if e["alias"]].count("promote") == 1
+
+
+def test_lock_times_out_while_held(store) -> None:
+    settings, c = store
+    from model_registry.promotion import LockTimeout, ensure_registered_model
+
+    ensure_registered_model(c, settings.registered_model)
+    with registry_lock(c, settings.registered_model), pytest.raises(LockTimeout):
+        with registry_lock(c, settings.registered_model, timeout_s=0.5):
+            pass
+    with registry_lock(c, settings.registered_model, timeout_s=1):
+        pass  # released
