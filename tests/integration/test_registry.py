@@ -152,8 +152,11 @@ def test_lock_times_out_while_held(store) -> None:
     from model_registry.promotion import LockTimeout, ensure_registered_model
 
     ensure_registered_model(c, settings.registered_model)
-    with registry_lock(c, settings.registered_model), pytest.raises(LockTimeout):
-        with registry_lock(c, settings.registered_model, timeout_s=0.5):
-            pass
+    with (
+        registry_lock(c, settings.registered_model),
+        pytest.raises(LockTimeout),
+        registry_lock(c, settings.registered_model, timeout_s=0.5),
+    ):
+        pass
     with registry_lock(c, settings.registered_model, timeout_s=1):
         pass  # released
