@@ -194,11 +194,10 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a data set, ingest it and split it; print where everything is."""
-    from tasks.synth import generate_dataset
-
     from tasks.ingest import ingest as run_ingest
     from tasks.ingest import new_run_dir, write_outputs
     from tasks.split import assign_splits, read_ledger, split_counts, update_ledger, write_splits
+    from tasks.synth import generate_dataset
 
     cfg = settings()
     data = cfg.home / "demo-data" / f"seed{seed}-n{n_images}"

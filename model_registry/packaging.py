@@ -36,10 +36,9 @@ class SteelDefectModel(mlflow.pyfunc.PythonModel):
 
     def load(self, checkpoint: Path, bundle_path: Path, device: str | None = None) -> SteelDefectModel:
         """Load from files (also used without MLflow, e.g. for a checkpoint on disk)."""
-        from tasks.train import load_model, select_device
-
         from tasks.datasets import InputSpec
         from tasks.labels import LabelSpace
+        from tasks.train import load_model, select_device
 
         self.bundle = json.loads(Path(bundle_path).read_text())
         self.device = device or select_device()

@@ -31,6 +31,41 @@ class Gates(BaseModel):
     min_test_support_per_class: int = 5
 
 
+class TrainDefaults(BaseModel):
+    """Training defaults (fields of ``tasks.train.TrainConfig``); CLI options override them.
+
+    ``height``/``width`` None = chosen for the device (aspect-preserving; e.g. 128x800 for Severstal on CPU).
+    """
+
+    model: str = "mobilenet_v2"
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: Literal["none", "cosine"] = "cosine"
+    patience: int = 3
+    freeze_stages: int = 0
+    weights: str = "imagenet"
+    balanced_sampler: bool = True
+    weighted_loss: bool = True
+    num_workers: int = 1
+    height: int | None = None
+    width: int | None = None
+    cache_images: bool = True
+
+
+# A CI-sized profile: tiny model, small images, one epoch (tests run the real pipeline with it).
+TINY_PROFILE: dict[str, Any] = {
+    "model": "simple_cnn",
+    "epochs": 1,
+    "batch_size": 8,
+    "weights": "none",
+    "height": 32,
+    "width": 192,
+    "num_workers": 0,
+}
+
+
 class SplitFractions(BaseModel):
     """Share of each class that goes to train, validation and test."""
 
@@ -67,6 +102,7 @@ class Settings(BaseSettings):
     split: SplitFractions = Field(default_factory=SplitFractions)
     seed: int = 42
     gates: Gates = Field(default_factory=Gates)
+    train: TrainDefaults = Field(default_factory=TrainDefaults)
     io_workers: int = Field(default=4, description="Threads for image checks during ingest.")
 
     # MLflow and the registry
