@@ -187,41 +187,212 @@ def split(
     )
 
 
+def _run_training(as_json: bool, **kwargs: Any) -> dict:
+    """Run the training-pipeline flow; bad input exits 2, a failed run exits 1."""
+    from flows.training import training_pipeline
+    from tasks.ingest import IngestError
+
+    try:
+        return training_pipeline(**kwargs)
+    except IngestError as exc:
+        _fail(str(exc), as_json, file=exc.file, row=exc.row)
+    except ValueError as exc:  # bad option values (unknown model, profile, ...)
+        _fail(str(exc), as_json)
+    except Exception as exc:
+        log.exception("training pipeline failed")
+        _fail(f"training pipeline failed: {type(exc).__name__}: {exc}", as_json, code=1)
+    raise AssertionError("unreachable")
+
+
 @app.command()
-def demo(
-    n_images: Annotated[int, typer.Option("--n-images", min=10, help="Images to generate.")] = 300,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Data directory (Severstal layout or class folders).")],
+    model: Annotated[str | None, typer.Option(help="simple_cnn, mobilenet_v2 (default) or resnet50.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs (early stopping may end sooner).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
+    critical_class: Annotated[str | None, typer.Option("--critical-class", help="Safety-critical class.")] = None,
+    approval: Annotated[str | None, typer.Option(help="auto or manual (default: STEELQC_APPROVAL).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run on the same data.")] = False,
+    profile: Annotated[str, typer.Option(help="default, or tiny (CI-sized: small model and images).")] = "default",
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    height: Annotated[int | None, typer.Option(help="Input height (default: chosen for the device).")] = None,
+    width: Annotated[int | None, typer.Option(help="Input width.")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet, none or a state-dict file.")] = None,
+    freeze_stages: Annotated[int | None, typer.Option(min=0, max=5)] = None,
+    require_promotion: Annotated[bool, typer.Option(help="Exit 1 unless the model became champion.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate a data set, ingest it and split it; print where everything is."""
-    from tasks.ingest import ingest as run_ingest
-    from tasks.ingest import new_run_dir, write_outputs
-    from tasks.split import assign_splits, read_ledger, split_counts, update_ledger, write_splits
-    from tasks.synth import generate_dataset
+    """Run the training pipeline: ingest, split, train, evaluate, gate, register and promote."""
+    if approval not in (None, "auto", "manual"):
+        _fail(f"--approval must be auto or manual, not {approval!r}", as_json)
+    settings()  # validate the settings before starting Prefect
+    overrides = {
+        "batch_size": batch_size,
+        "lr": lr,
+        "height": height,
+        "width": width,
+        "weights": weights,
+        "freeze_stages": freeze_stages,
+    }
+    summary = _run_training(
+        as_json,
+        data=str(data),
+        model=model,
+        epochs=epochs,
+        fmt=fmt,
+        critical_class=critical_class,
+        approval=approval,
+        resume=resume,
+        profile=profile,
+        train_overrides=overrides,
+    )
+    emit(summary, as_json)
+    if require_promotion and not summary["promoted"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="Model URI, e.g. models:/steel-defect-classifier@champion.")],
+    data: Annotated[Path, typer.Option("--data", help="Data directory to score (every valid image).")],
+    fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Metrics of a registered or logged model on a data set (clean, glare, Grad-CAM in masks)."""
+    from flows.evaluation import evaluate_model
+    from tasks.ingest import IngestError
+
+    cfg = settings()
+    try:
+        summary = evaluate_model(model, data, cfg, fmt)
+    except IngestError as exc:
+        _fail(str(exc), as_json, file=exc.file, row=exc.row)
+    except Exception as exc:
+        _fail(f"cannot evaluate {model}: {type(exc).__name__}: {exc}", as_json)
+    emit(summary, as_json)
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files.")],
+    model: Annotated[str, typer.Option("--model", help="Model URI.")] = "models:/steel-defect-classifier@champion",
+    as_json: JsonOpt = False,
+) -> None:
+    """Batch inference: label, probabilities and the critical flag for each image."""
+    from flows.evaluation import predict_images
+
+    try:
+        summary = predict_images(model, paths, settings())
+    except Exception as exc:
+        _fail(f"cannot predict with {model}: {type(exc).__name__}: {exc}", as_json)
+    emit(summary, as_json)
+
+
+registry = typer.Typer(help="Registry operations with an audit trail.", no_args_is_help=True)
+app.add_typer(registry, name="registry")
+
+
+def _registry_client():
+    from model_registry.store import client, configure
+
+    cfg = settings()
+    configure(cfg)
+    return cfg, client(cfg)
+
+
+@registry.command("history")
+def registry_history(as_json: JsonOpt = False) -> None:
+    """Every registry decision: when, what, from which version to which, why, by whom."""
+    from model_registry import promotion
+
+    cfg, c = _registry_client()
+    events = promotion.history(c, cfg.registered_model)
+    if as_json:
+        emit(
+            {
+                "registered_model": cfg.registered_model,
+                "aliases": promotion.aliases(c, cfg.registered_model),
+                "events": events,
+            },
+            True,
+        )
+        return
+    for e in events:
+        move = f"{e.get('alias') or '-'}: {e.get('from_version') or '-'} -> {e.get('to_version')}"
+        typer.echo(f"{e['seq']:>4} {e['time']} {e['action']:<18} {move:<24} {e.get('actor')}  {e.get('reason')}")
+
+
+@registry.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="Model version to promote.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "manual promotion",
+    as_json: JsonOpt = False,
+) -> None:
+    """Point an alias at a version whose gates passed (audited)."""
+    from model_registry import promotion
+
+    cfg, c = _registry_client()
+    try:
+        event = promotion.move_alias(
+            c, cfg.registered_model, alias, version, action="promote", reason=reason, timeout_s=cfg.lock_timeout_s
+        )
+    except (promotion.PromotionRefused, promotion.LockTimeout) as exc:
+        _fail(str(exc), as_json, code=1)
+    except Exception as exc:
+        _fail(f"cannot promote version {version}: {exc}", as_json)
+    emit({"event": event, "aliases": promotion.aliases(c, cfg.registered_model)}, as_json)
+
+
+@registry.command("rollback")
+def registry_rollback(
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "rollback",
+    as_json: JsonOpt = False,
+) -> None:
+    """Put back the last earlier champion that passed its gates (audited)."""
+    from model_registry import promotion
+
+    cfg, c = _registry_client()
+    try:
+        event = promotion.rollback(c, cfg.registered_model, reason=reason)
+    except (promotion.PromotionRefused, promotion.LockTimeout) as exc:
+        _fail(str(exc), as_json, code=1)
+    emit({"event": event, "aliases": promotion.aliases(c, cfg.registered_model)}, as_json)
+
+
+DEMO_MIX = "0=0.30,1=0.20,2=0.14,3=0.22,4=0.14"
+
+
+@app.command()
+def demo(
+    n_images: Annotated[int, typer.Option("--n-images", min=50, help="Images to generate.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    profile: Annotated[str, typer.Option(help="default, or tiny (seconds, for a smoke test).")] = "default",
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate a data set (a floor per class so the gates mean something), train on it, say where to look."""
+    from tasks.synth import generate_dataset, parse_mix
 
     cfg = settings()
     data = cfg.home / "demo-data" / f"seed{seed}-n{n_images}"
     if (data / "train.csv").exists():
         log.info("reusing generated data in %s", data)
-        synth_summary = {"out": str(data), "reused": True}
     else:
-        synth_summary = generate_dataset(data, n_images=n_images, seed=seed, shape=cfg.image_shape)
-    result = run_ingest(data, cfg)
-    run_dir = new_run_dir(cfg, "demo")
-    ingest_summary = write_outputs(result, run_dir)
-    ledger_path = cfg.home / "split_ledger.csv"
-    assignment, warnings = assign_splits(result.manifest, cfg.split, cfg.seed, read_ledger(ledger_path))
-    paths = write_splits(result.manifest, assignment, run_dir)
-    update_ledger(ledger_path, result.manifest, assignment)
-    summary = {
-        "data": str(data),
-        "run_dir": str(run_dir),
-        "synth": synth_summary,
-        "ingest": ingest_summary,
-        "splits": {"paths": paths, "counts": split_counts(result.manifest, assignment), "warnings": warnings},
-        "next": "the training pipeline comes with issue #3; for now inspect the manifest and splits above",
+        log.info("generating %d images into %s", n_images, data)
+        generate_dataset(data, n_images=n_images, seed=seed, mix=parse_mix(DEMO_MIX), shape=cfg.image_shape)
+    summary = _run_training(as_json, data=str(data), epochs=epochs, profile=profile)
+    summary["demo_data"] = str(data)
+    summary["next"] = {
+        "mlflow_ui": f"{sys.executable} -m mlflow ui --backend-store-uri {cfg.mlflow_uri} --port 5000",
+        "prefect_ui": "steelqc server start   (or: prefect server start) then open http://127.0.0.1:4200",
+        "evaluate_champion": f"steelqc evaluate --model models:/steel-defect-classifier@champion --data {data} --json",
+        "history": "steelqc registry history",
     }
     emit(summary, as_json)
+    if not as_json:
+        typer.echo("\nOpen the MLflow UI:  " + summary["next"]["mlflow_ui"], err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,7 +44,7 @@ class SteelDefectModel(mlflow.pyfunc.PythonModel):
         self.device = device or select_device()
         self.model, self.meta = load_model(Path(checkpoint), self.device)
         self.label_space = LabelSpace.from_dict(self.bundle["label_space"])
-        self.spec = InputSpec(**self.bundle["input_spec"])
+        self.spec = InputSpec.from_dict(self.bundle["input_spec"])
         self.threshold = self.bundle.get("threshold")
         self.architecture = self.bundle["architecture"]
         return self
@@ -54,8 +54,6 @@ class SteelDefectModel(mlflow.pyfunc.PythonModel):
         from tasks.train import predict_proba
 
         frame = frame.copy()
-        if "label" not in frame:
-            frame["label"] = self.label_space.ids[0]  # unused by inference; the dataset reads a label per row
         if "image_id" not in frame:
             frame["image_id"] = frame["path"].map(lambda p: Path(p).name)
         return predict_proba(

@@ -47,8 +47,8 @@ class TrainDefaults(BaseModel):
     freeze_stages: int = 0
     weights: str = "imagenet"
     balanced_sampler: bool = True
-    weighted_loss: bool = True
-    num_workers: int = 1
+    weighted_loss: bool = False  # the balanced sampler already corrects the imbalance; both on corrects it twice
+    num_workers: int | None = None  # None: 0 on CPU (decoding is not the bottleneck), cores - 1 on CUDA
     height: int | None = None
     width: int | None = None
     cache_images: bool = True

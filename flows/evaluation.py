@@ -1,0 +1,71 @@
+"""Score a registered or logged model on a data set (``steelqc evaluate``) and batch inference (``predict``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from model_registry import packaging
+from model_registry.store import configure
+from tasks.config import Settings
+
+
+def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "auto") -> dict:
+    """Ingest ``data`` (into a new run folder), then score every valid image with the model at ``model_uri``."""
+    from tasks.assess import assess
+    from tasks.ingest import ingest, new_run_dir, write_outputs
+    from tasks.labels import LabelSpace
+    from tasks.models import gradcam_target_layer
+
+    configure(settings)
+    model = packaging.load(model_uri)
+    result = ingest(data, settings, fmt, model.label_space.critical_class)  # type: ignore[arg-type]
+    data_space = LabelSpace(result.class_names, result.critical_class)
+    if data_space.class_names != model.label_space.class_names:
+        raise ValueError(
+            f"the data's classes {data_space.class_names} differ from the model's {model.label_space.class_names}"
+        )
+    run_dir = new_run_dir(settings, "evaluate")
+    ingest_summary = write_outputs(result, run_dir)
+    masks = result.masks if len(result.masks) else None
+    scored = assess(
+        model.model,
+        gradcam_target_layer(model.model, model.architecture),
+        result.manifest,
+        model.label_space,
+        model.spec,
+        run_dir / "evaluation",
+        model.threshold,
+        masks=masks,
+        seed=settings.seed,
+        device=model.device,
+        bootstrap_samples=settings.bootstrap_samples,
+    )
+    metrics = {k: v for k, v in scored["metrics"].items() if k != "predictions"}
+    return {
+        "model": model_uri,
+        "data": str(data),
+        "n_images": len(result.manifest),
+        "quarantined": ingest_summary["quarantined"],
+        "threshold": model.threshold,
+        "metrics": metrics,
+        "artifacts": scored["artifacts"],
+        "run_dir": str(run_dir),
+    }
+
+
+def predict_images(model_uri: str, paths: list[Path], settings: Settings) -> dict:
+    """One record per image: ``image``, ``label``, ``probabilities``, ``critical``."""
+    configure(settings)
+    model = packaging.load(model_uri)
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
+    out = model.predict(None, pd.DataFrame({"path": [str(p) for p in paths]}))
+    return {
+        "model": model_uri,
+        "threshold": model.threshold,
+        "critical_class": model.label_space.critical_class,
+        "predictions": out.to_dict(orient="records"),
+    }

@@ -1,0 +1,205 @@
+"""Assess a trained model on a split: the figures of the metrics contract and the plots, in one folder.
+
+Used by the training pipeline (on the test split, after calibrating the critical threshold on validation) and by
+``steelqc evaluate`` (on any data set). Runs without Prefect or MLflow; the caller logs what it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from tasks.datasets import InputSpec, ManifestDataset, read_image
+from tasks.evaluate import (
+    calibrate_threshold,
+    compute_metrics,
+    confidence_intervals,
+    decide,
+    most_confident_mistakes,
+    plot_confusion_matrix,
+    plot_mistakes,
+    plot_roc,
+)
+from tasks.explain import gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
+from tasks.labels import LabelSpace
+from tasks.robustness import GLARE_VARIANTS, glare_corruption, glare_examples_figure, glare_summary
+from tasks.train import predict_proba
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 12
+
+
+def true_indices(frame: pd.DataFrame, label_space: LabelSpace) -> np.ndarray:
+    """Output indices of the manifest labels."""
+    return np.array([label_space.index_of(label) for label in frame["label"]], dtype=np.int64)
+
+
+def calibrate(
+    model: nn.Module,
+    frame: pd.DataFrame,
+    label_space: LabelSpace,
+    spec: InputSpec,
+    target_recall: float,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> dict:
+    """Calibrate the critical threshold on ``frame`` (the validation split)."""
+    proba = predict_proba(model, frame, label_space, spec, batch_size=batch_size, device=device)
+    return calibrate_threshold(true_indices(frame, label_space), proba, label_space.critical_index, target_recall)
+
+
+def assess(
+    model: nn.Module,
+    target_layer: nn.Module | None,
+    frame: pd.DataFrame,
+    label_space: LabelSpace,
+    spec: InputSpec,
+    out_dir: Path,
+    threshold: float | None,
+    masks: pd.DataFrame | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+    bootstrap_samples: int = 1000,
+    max_cam_images: int = 64,
+) -> dict[str, Any]:
+    """Score ``model`` on ``frame`` clean, dimmed and brightened; write metrics.json and the plots.
+
+    Returns ``{"metrics": {...}, "artifacts": {name: path}, "seconds": float}``.
+    """
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = frame.reset_index(drop=True)
+    names, critical = label_space.names, label_space.critical_index
+    y_true = true_indices(frame, label_space)
+    probas = {
+        variant: predict_proba(
+            model,
+            frame,
+            label_space,
+            spec,
+            batch_size=batch_size,
+            device=device,
+            corruption=glare_corruption(variant, seed),
+        )
+        for variant in GLARE_VARIANTS
+    }
+    clean = probas["clean"]
+    metrics = compute_metrics(y_true, clean, names, critical, threshold)
+    plain = compute_metrics(y_true, clean, names, critical, None)
+    metrics["argmax"] = {k: plain[k] for k in ("macro_f1", "accuracy", "critical_recall", "critical_precision")}
+    f1 = {v: compute_metrics(y_true, probas[v], names, critical, threshold)["macro_f1"] for v in GLARE_VARIANTS}
+    metrics["glare"] = glare_summary(f1["clean"], f1["dim"], f1["bright"])
+    y_pred = decide(clean, critical, threshold)
+    metrics["confidence_intervals"] = confidence_intervals(
+        y_true, y_pred, names, critical, n_boot=bootstrap_samples, seed=seed
+    )
+    artifacts = {
+        "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"], names, out_dir / "confusion_matrix.png"),
+        "roc": plot_roc(y_true, clean, names, out_dir / "roc.png"),
+    }
+    artifacts["mistakes"] = _mistakes(frame, y_true, y_pred, clean, names, out_dir / "mistakes.png")
+    if len(frame):
+        artifacts["glare"] = glare_examples_figure(
+            read_image(frame.loc[0, "path"]), str(frame.loc[0, "image_id"]), out_dir / "glare.png", seed=seed
+        )
+    if target_layer is not None and len(frame):
+        cam_figures = _gradcam(
+            model, target_layer, frame, label_space, spec, y_true, y_pred, masks, out_dir, device, max_cam_images
+        )
+        metrics["cam_in_mask"] = cam_figures.pop("cam_in_mask")
+        metrics["cam_in_mask_n"] = cam_figures.pop("n")
+        artifacts.update(cam_figures)
+    elif masks is not None:
+        metrics["cam_in_mask"] = None
+    metrics["predictions"] = {
+        "image_id": frame["image_id"].astype(str).tolist(),
+        "true": y_true.tolist(),
+        "pred": y_pred.tolist(),
+    }
+    artifacts = {k: str(v) for k, v in artifacts.items()}
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    artifacts["metrics"] = str(metrics_path)
+    return {"metrics": metrics, "artifacts": artifacts, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _mistakes(
+    frame: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray, names: list[str], path: Path
+) -> Path:
+    picked = most_confident_mistakes(y_true, y_pred, proba, n=20)
+    return plot_mistakes(
+        [read_image(frame.loc[i, "path"]) for i in picked],
+        [names[y_true[i]] for i in picked],
+        [names[y_pred[i]] for i in picked],
+        [float(proba[i, y_pred[i]]) for i in picked],
+        path,
+    )
+
+
+def _gradcam(
+    model: nn.Module,
+    target_layer: nn.Module,
+    frame: pd.DataFrame,
+    label_space: LabelSpace,
+    spec: InputSpec,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    masks: pd.DataFrame | None,
+    out_dir: Path,
+    device: str,
+    max_images: int,
+) -> dict[str, Any]:
+    """Grad-CAM gallery, and the share of CAM energy inside the true mask over correct defect images."""
+    ok_index = label_space.index_of(0) if 0 in label_space.class_names else None
+    correct_defects = [i for i in range(len(frame)) if y_true[i] == y_pred[i] and y_true[i] != ok_index]
+    with_masks = []
+    if masks is not None and len(masks):
+        masked_ids = set(masks["image_id"].astype(str))
+        with_masks = [i for i in correct_defects if str(frame.loc[i, "image_id"]) in masked_ids][:max_images]
+    gallery = list(dict.fromkeys(with_masks[:GALLERY_SIZE] + correct_defects + list(range(len(frame)))))
+    gallery = gallery[:GALLERY_SIZE]
+    chosen = list(dict.fromkeys(with_masks + gallery))
+    dataset = ManifestDataset(frame.loc[chosen].reset_index(drop=True), label_space, spec, train=False)
+    inputs = torch.stack([dataset[j][0] for j in range(len(chosen))]).to(device)
+    was_training = model.training
+    model.eval()
+    cams = gradcam_maps(model, target_layer, inputs, [int(y_pred[i]) for i in chosen])
+    model.train(was_training)
+    cam_of = dict(zip(chosen, cams, strict=True))
+    pairs = []
+    for i in with_masks:
+        row = frame.loc[i]
+        mask = image_mask(
+            masks, str(row["image_id"]), label_space.id_of(y_true[i]), (int(row["height"]), int(row["width"]))
+        )
+        pairs.append((cam_of[i], mask))
+    names = label_space.names
+    gallery_masks = None
+    if masks is not None and len(masks):
+        gallery_masks = [
+            image_mask(
+                masks,
+                str(frame.loc[i, "image_id"]),
+                label_space.id_of(y_true[i]),
+                (int(frame.loc[i, "height"]), int(frame.loc[i, "width"])),
+            )
+            for i in gallery
+        ]
+    path = gradcam_gallery(
+        [read_image(frame.loc[i, "path"]) for i in gallery],
+        [cam_of[i] for i in gallery],
+        [f"{frame.loc[i, 'image_id']}: {names[y_true[i]]} -> {names[y_pred[i]]}" for i in gallery],
+        out_dir / "gradcam.png",
+        masks=gallery_masks,
+    )
+    return {"gradcam": path, "cam_in_mask": mean_cam_in_mask(pairs) if pairs else None, "n": len(pairs)}

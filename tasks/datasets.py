@@ -1,0 +1,372 @@
+"""Images from a manifest as model-ready tensors: input spec, transforms, dataset, class balance, loaders.
+
+The photometric augmentation (brightness/contrast/gamma/CLAHE and a soft specular band) together with per-image
+standardisation is what makes a model robust to glare: standardising each image to zero mean and unit std removes
+a global brightness offset entirely, and the augmentation teaches the model the rest (clipped highlights, bands,
+contrast changes). Grey images are read by content (some real Severstal files are PNG data behind a ``.jpg`` name)
+and the grey channel is replicated to ``InputSpec.channels`` only at the very end, so augmentation runs on one
+channel.
+
+Reproducibility: augmentation randomness comes from one numpy and one Python generator shared by all transforms
+(:func:`seed_transforms`). Albumentations' own ``Compose(seed=...)`` gives every transform its own generator with
+the same seed, which makes e.g. the horizontal and vertical flip decisions identical; it is not used here.
+DataLoader workers reseed their copy from the worker's torch seed (:func:`worker_init`), so workers never repeat
+each other's augmentations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from tasks.labels import LabelSpace
+
+log = logging.getLogger(__name__)
+
+Corruption = Callable[[np.ndarray, str], np.ndarray]
+NORMALIZATIONS = ("per_image", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STD_FLOOR = 0.01
+"""Smallest std (on the 0..1 scale) used by per-image standardisation, so a flat image is not blown up to noise."""
+CPU_SMALL_SIDE = 160
+"""Long side used on CPU for small images (e.g. NEU-CLS 200x200 -> 160x160)."""
+CPU_LARGE_IMAGE = 512
+"""Images whose long side exceeds this are halved on CPU (Severstal 256x1600 -> 128x800)."""
+
+
+# ------------------------------------------------------------------------------------------------ input spec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Size and normalisation of model inputs.
+
+    ``normalize``: ``"per_image"`` standardises each image to zero mean / unit std after augmentation (invariant
+    to global brightness offsets: the point of the glare gate); ``"imagenet"`` uses ImageNet mean/std.
+    """
+
+    height: int = 128
+    width: int = 800
+    channels: int = 3
+    normalize: str = "per_image"
+
+    def __post_init__(self) -> None:
+        if self.height < 8 or self.width < 8:
+            raise ValueError(f"input size must be at least 8x8, got {self.height}x{self.width}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+
+    @property
+    def square(self) -> bool:
+        return self.height == self.width
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        return cls(**{k: data[k] for k in ("height", "width", "channels", "normalize") if k in data})
+
+
+def _round_to(value: float, multiple: int = 32) -> int:
+    """Nearest positive multiple of ``multiple`` (CNN strides divide it evenly)."""
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def default_input_spec(image_height: int, image_width: int, device: str) -> InputSpec:
+    """Aspect-preserving input size for images of the given size on ``device``.
+
+    * GPU (``device`` starts with ``cuda``): native size (Severstal 256x1600, NEU-CLS 200x200).
+    * CPU, long side > 512: half size, rounded to a multiple of 32 (Severstal 256x1600 -> 128x800).
+    * CPU, smaller images: long side scaled to 160, rounded to a multiple of 32 (NEU-CLS 200x200 -> 160x160).
+    """
+    if str(device).startswith("cuda"):
+        return InputSpec(height=int(image_height), width=int(image_width))
+    long_side = max(image_height, image_width)
+    scale = 0.5 if long_side > CPU_LARGE_IMAGE else min(1.0, CPU_SMALL_SIDE / long_side)
+    return InputSpec(height=_round_to(image_height * scale), width=_round_to(image_width * scale))
+
+
+def default_num_workers(device: str) -> int:
+    """DataLoader worker processes: none on CPU, where the model is the bottleneck (2 cores, 128x800: ~5 images/s
+    training against ~170 images/s of decoding + augmentation), all cores but one (at most 8) on CUDA."""
+    if not str(device).startswith("cuda"):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file by content (not extension) to a uint8 HxW grey array."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+
+
+def standardize(img: np.ndarray, floor: float = STD_FLOOR) -> np.ndarray:
+    """Per-image standardisation of a uint8 (0..255) or float (0..1) image: zero mean, unit std (float32)."""
+    x = img.astype(np.float32)
+    if img.dtype == np.uint8:
+        x /= 255.0
+    mean, std = float(x.mean()), float(x.std())
+    return (x - mean) / max(std, floor)
+
+
+def to_model_tensor(img: np.ndarray, spec: InputSpec) -> torch.Tensor:
+    """Normalise an HxW grey image as ``spec`` says and return a float32 CxHxW tensor (grey replicated)."""
+    if spec.normalize == "per_image":
+        t = torch.from_numpy(standardize(img))[None]
+        return t.expand(spec.channels, -1, -1).contiguous()
+    x = torch.from_numpy(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0))[None]
+    mean = torch.tensor(IMAGENET_MEAN[: spec.channels] if spec.channels == 3 else (0.449,)).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD[: spec.channels] if spec.channels == 3 else (0.226,)).view(-1, 1, 1)
+    return (x.expand(spec.channels, -1, -1) - mean) / std
+
+
+class ToModelTensor(A.ImageOnlyTransform):
+    """Final transform: normalisation (per-image or ImageNet) and grey -> ``channels`` float32 CxHxW tensor."""
+
+    def __init__(self, height: int, width: int, channels: int = 3, normalize: str = "per_image", p: float = 1.0):
+        super().__init__(p=p)
+        self.height, self.width, self.channels, self.normalize = height, width, channels, normalize
+        self.spec = InputSpec(height=height, width=width, channels=channels, normalize=normalize)
+
+    def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
+        if img.ndim == 3:  # albumentations may hand back HxWx1
+            img = img[..., 0]
+        return to_model_tensor(img, self.spec)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "channels", "normalize")
+
+
+class SpecularBand(A.ImageOnlyTransform):
+    """Add a soft bright band (Gaussian profile across rows or columns) with clipping: simulated glare."""
+
+    def __init__(
+        self,
+        amplitude: tuple[float, float] = (0.15, 0.5),
+        band_width: tuple[float, float] = (0.03, 0.2),
+        p: float = 0.3,
+    ):
+        super().__init__(p=p)
+        self.amplitude, self.band_width = amplitude, band_width
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        vertical = self.py_random.random() < 0.5
+        length = width if vertical else height
+        return {
+            "vertical": vertical,
+            "center": self.py_random.uniform(0, length),
+            "sigma": max(1.0, self.py_random.uniform(*self.band_width) * length),
+            "gain": self.py_random.uniform(*self.amplitude) * 255.0,
+        }
+
+    def apply(self, img: np.ndarray, vertical: bool, center: float, sigma: float, gain: float, **params: Any):
+        axis = 1 if vertical else 0
+        coords = np.arange(img.shape[axis], dtype=np.float32)
+        profile = gain * np.exp(-0.5 * ((coords - center) / sigma) ** 2)
+        shape = [1] * img.ndim
+        shape[axis] = -1
+        return np.clip(img.astype(np.float32) + profile.reshape(shape), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("amplitude", "band_width")
+
+
+def build_transforms(spec: InputSpec, train: bool) -> A.Compose:
+    """Resize to the spec, (train) geometric + photometric augmentation, normalise, CxHxW float32 tensor.
+
+    Geometric: horizontal flip always; vertical flip for non-square inputs, RandomRotate90 only for square ones
+    (it would turn a 128x800 strip sideways). Photometric: CLAHE, brightness/contrast (±0.3 brightness with
+    clipping, like the glare test), gamma and a specular band.
+    """
+    steps: list[A.BasicTransform] = [A.Resize(spec.height, spec.width, interpolation=cv2.INTER_AREA)]
+    if train:
+        steps.append(A.HorizontalFlip(p=0.5))
+        steps.append(A.RandomRotate90(p=0.5) if spec.square else A.VerticalFlip(p=0.5))
+        steps += [
+            A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.3),
+            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.2, p=0.8),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.3),
+            SpecularBand(p=0.25),
+        ]
+    steps.append(ToModelTensor(spec.height, spec.width, spec.channels, spec.normalize))
+    return A.Compose(steps)
+
+
+def seed_transforms(transform: A.Compose, seed: int | Sequence[int]) -> None:
+    """Seed a Compose with one numpy and one Python generator shared by all its transforms."""
+    seq = list(seed) if isinstance(seed, Sequence) else [int(seed)]
+    transform.set_random_state(np.random.default_rng(seq), random.Random("-".join(map(str, seq))))
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+
+
+class ManifestDataset(Dataset):
+    """Manifest rows as ``(tensor, label_index)``; ``label_index`` is -1 when the frame has no ``label`` column.
+
+    ``corruption(img_uint8_grey, image_id) -> img_uint8_grey`` is applied to the decoded image before any
+    transform (evaluation uses it for glare variants). ``cache=True`` decodes (and corrupts) every image once, up
+    front, and keeps it resized to the spec as uint8 in RAM (about 100 KB an image at 128x800): worth it for small
+    data sets, where JPEG decoding dominates on few cores. Caching assumes the corruption is deterministic per image.
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        label_space: LabelSpace,
+        spec: InputSpec,
+        train: bool,
+        corruption: Corruption | None = None,
+        cache: bool = False,
+        cache_threads: int = 4,
+        seed: int = 0,
+    ):
+        self.paths = [str(p) for p in frame["path"]]
+        self.image_ids = (
+            [str(i) for i in frame["image_id"]] if "image_id" in frame else [Path(p).name for p in self.paths]
+        )
+        self.labels: list[int] = (
+            [label_space.index_of(v) for v in frame["label"]] if "label" in frame else [-1] * len(self.paths)
+        )
+        self.label_space, self.spec, self.train, self.corruption = label_space, spec, train, corruption
+        self.transform = build_transforms(spec, train)
+        seed_transforms(self.transform, seed)
+        self._resize = A.Resize(spec.height, spec.width, interpolation=cv2.INTER_AREA, p=1.0)
+        self._cache: list[np.ndarray] | None = None
+        if cache:
+            with ThreadPoolExecutor(max_workers=max(1, cache_threads)) as pool:
+                self._cache = list(pool.map(self._load_resized, range(len(self.paths))))
+            log.info("cached %d images at %dx%d", len(self._cache), spec.height, spec.width)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load_raw(self, index: int) -> np.ndarray:
+        """The decoded uint8 grey image with the corruption (if any) applied."""
+        img = read_image(self.paths[index])
+        if self.corruption is not None:
+            img = np.ascontiguousarray(self.corruption(img, self.image_ids[index]), dtype=np.uint8)
+        return img
+
+    def _load_resized(self, index: int) -> np.ndarray:
+        return self._resize(image=self.load_raw(index))["image"]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self._cache[index] if self._cache is not None else self.load_raw(index)
+        return self.transform(image=img)["image"], self.labels[index]
+
+    def reseed(self, seed: int | Sequence[int]) -> None:
+        """Reseed the augmentation generators (per epoch in the main process, per worker in workers)."""
+        seed_transforms(self.transform, seed)
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker start: seed numpy, random and the dataset's augmentation from the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed([seed, worker_id])
+
+
+# ------------------------------------------------------------------------------------------------ class balance
+
+
+def _counts(label_indices: Sequence[int], num_classes: int) -> np.ndarray:
+    labels = np.asarray(label_indices, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"label indices must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    return np.bincount(labels, minlength=num_classes).astype(np.float64)
+
+
+def class_weights(label_indices: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1 over the classes present; absent classes get 0."""
+    counts = _counts(label_indices, num_classes)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = 1.0 / counts[present]
+    if present.any():
+        weights[present] /= weights[present].mean()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_sampler(label_indices: Sequence[int], num_classes: int, seed: int) -> WeightedRandomSampler:
+    """Sample with replacement, each class equally likely (inverse frequency); ``len(labels)`` draws, seeded."""
+    counts = _counts(label_indices, num_classes)
+    per_sample = 1.0 / counts[np.asarray(label_indices, dtype=np.int64)]
+    generator = torch.Generator().manual_seed(int(seed))
+    return WeightedRandomSampler(
+        torch.as_tensor(per_sample, dtype=torch.double), len(per_sample), replacement=True, generator=generator
+    )
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    balanced: bool,
+    num_workers: int,
+    device: str,
+    seed: int,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader: balanced sampler or (train) seeded shuffle; pinned memory on CUDA; persistent workers."""
+    generator = torch.Generator().manual_seed(int(seed))
+    sampler = None
+    if train and balanced:
+        labels = getattr(dataset, "labels", None)
+        if labels is None:
+            raise ValueError("a balanced loader needs a dataset with a `labels` attribute")
+        num_classes = getattr(getattr(dataset, "label_space", None), "num_classes", max(labels) + 1)
+        sampler = make_sampler(labels, num_classes, seed)
+    workers = max(0, int(num_workers))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=bool(train and sampler is None),
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=str(device).startswith("cuda"),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 else None,
+        generator=generator,
+        drop_last=drop_last,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make epoch ``epoch``'s sample order (and, without workers, its augmentation) a function of (seed, epoch).
+
+    So a resumed run draws the same batches as an uninterrupted one. With worker processes the augmentation
+    stream is seeded per worker instead (see :func:`worker_init`).
+    """
+    epoch_seed = int(seed) * 100_003 + int(epoch)
+    for gen in {id(g): g for g in (getattr(loader.sampler, "generator", None), loader.generator) if g}.values():
+        gen.manual_seed(epoch_seed)
+    if loader.num_workers == 0 and hasattr(loader.dataset, "reseed"):
+        loader.dataset.reseed([int(seed), int(epoch)])
