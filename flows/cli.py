@@ -369,10 +369,16 @@ def demo(
     n_images: Annotated[int, typer.Option("--n-images", min=50, help="Images to generate.")] = 600,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     profile: Annotated[str, typer.Option(help="default, or tiny (seconds, for a smoke test).")] = "default",
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs.")] = 6,
+    height: Annotated[int, typer.Option(help="Input height (the demo trades resolution for time on CPU).")] = 96,
+    width: Annotated[int, typer.Option(help="Input width (aspect kept: 96x608 ~ 256x1600).")] = 608,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate a data set (a floor per class so the gates mean something), train on it, say where to look."""
+    """Generate a data set (a floor per class so the gates mean something), train on it, say where to look.
+
+    Sized to finish in minutes on 2 CPU cores: 600 images, MobileNetV2 (ImageNet weights, offline), 96x608 input,
+    at most 6 epochs. `steelqc train` uses 128x800 on CPU by default.
+    """
     from tasks.synth import generate_dataset, parse_mix
 
     cfg = settings()
@@ -382,7 +388,8 @@ def demo(
     else:
         log.info("generating %d images into %s", n_images, data)
         generate_dataset(data, n_images=n_images, seed=seed, mix=parse_mix(DEMO_MIX), shape=cfg.image_shape)
-    summary = _run_training(as_json, data=str(data), epochs=epochs, profile=profile)
+    sizes = {"height": height, "width": width} if profile == "default" else {}
+    summary = _run_training(as_json, data=str(data), epochs=epochs, profile=profile, train_overrides=sizes)
     summary["demo_data"] = str(data)
     summary["next"] = {
         "mlflow_ui": f"{sys.executable} -m mlflow ui --backend-store-uri {cfg.mlflow_uri} --port 5000",

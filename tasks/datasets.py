@@ -198,8 +198,9 @@ def build_transforms(spec: InputSpec, train: bool) -> A.Compose:
     """Resize to the spec, (train) geometric + photometric augmentation, normalise, CxHxW float32 tensor.
 
     Geometric: horizontal flip always; vertical flip for non-square inputs, RandomRotate90 only for square ones
-    (it would turn a 128x800 strip sideways). Photometric: CLAHE, brightness/contrast (±0.3 brightness with
-    clipping, like the glare test), gamma and a specular band.
+    (it would turn a 128x800 strip sideways). Photometric (p=0.9, one of): brightness/contrast (-0.35..+0.4 with
+    clipping), strong glare (+0.25..+0.45 and a specular band) or strong dimming (-0.4..-0.25); then gamma and
+    another specular band; CLAHE before them.
     """
     steps: list[A.BasicTransform] = [A.Resize(spec.height, spec.width, interpolation=cv2.INTER_AREA)]
     if train:
@@ -207,9 +208,26 @@ def build_transforms(spec: InputSpec, train: bool) -> A.Compose:
         steps.append(A.RandomRotate90(p=0.5) if spec.square else A.VerticalFlip(p=0.5))
         steps += [
             A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.3),
-            A.RandomBrightnessContrast(brightness_limit=0.3, contrast_limit=0.2, p=0.8),
+            # Plants run under unstable lighting: shifts up to +0.4 with clipping (saturated background) and
+            # strong specular bands are common enough to be trained on, not just tolerated.
+            A.OneOf(
+                [
+                    A.RandomBrightnessContrast(brightness_limit=(-0.35, 0.4), contrast_limit=0.2, p=1.0),
+                    # strong glare: a saturating brightness jump together with a specular band
+                    A.Sequential(
+                        [
+                            A.RandomBrightnessContrast(brightness_limit=(0.25, 0.45), contrast_limit=0.0, p=1.0),
+                            SpecularBand(amplitude=(0.3, 0.6), p=1.0),
+                        ],
+                        p=1.0,
+                    ),
+                    # strong dimming, dark pixels clipped to black
+                    A.RandomBrightnessContrast(brightness_limit=(-0.4, -0.25), contrast_limit=0.0, p=1.0),
+                ],
+                p=0.9,
+            ),
             A.RandomGamma(gamma_limit=(80, 120), p=0.3),
-            SpecularBand(p=0.25),
+            SpecularBand(amplitude=(0.2, 0.6), p=0.3),
         ]
     steps.append(ToModelTensor(spec.height, spec.width, spec.channels, spec.normalize))
     return A.Compose(steps)
