@@ -221,9 +221,11 @@ def train(
     weights: Annotated[str | None, typer.Option(help="imagenet, none or a state-dict file.")] = None,
     freeze_stages: Annotated[int | None, typer.Option(min=0, max=5)] = None,
     require_promotion: Annotated[bool, typer.Option(help="Exit 1 unless the model became champion.")] = False,
+    tune_trials: Annotated[int, typer.Option(min=0, help="Optuna trials before the final training (total).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel tuning workers on this machine.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the training pipeline: ingest, split, train, evaluate, gate, register and promote."""
+    """Run the training pipeline: ingest, split, (tune,) train, evaluate, gate, register and promote."""
     if approval not in (None, "auto", "manual"):
         _fail(f"--approval must be auto or manual, not {approval!r}", as_json)
     settings()  # validate the settings before starting Prefect
@@ -246,10 +248,39 @@ def train(
         resume=resume,
         profile=profile,
         train_overrides=overrides,
+        tune_trials=tune_trials,
+        tune_workers=workers,
     )
     emit(summary, as_json)
     if require_promotion and not summary["promoted"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Option("--data", help="Data directory.")],
+    trials: Annotated[int, typer.Option(min=1, help="Total finished trials the study should hold.")] = 10,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel worker processes sharing the study.")] = 1,
+    fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
+    critical_class: Annotated[str | None, typer.Option("--critical-class")] = None,
+    profile: Annotated[str, typer.Option(help="default, or tiny (CI-sized).")] = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Tune hyperparameters with Optuna (resumable: the study is named by data and search space)."""
+    from flows.tuning import tuning_flow
+    from tasks.ingest import IngestError
+
+    settings()
+    try:
+        summary = tuning_flow()(
+            data=str(data), trials=trials, workers=workers, fmt=fmt, critical_class=critical_class, profile=profile
+        )
+    except IngestError as exc:
+        _fail(str(exc), as_json, file=exc.file, row=exc.row)
+    except Exception as exc:
+        log.exception("tuning failed")
+        _fail(f"tuning failed: {type(exc).__name__}: {exc}", as_json, code=1)
+    emit(summary, as_json)
 
 
 @app.command()

@@ -404,8 +404,10 @@ def training_pipeline(
     profile: str = "default",
     train_overrides: dict | None = None,
     settings_overrides: dict | None = None,
+    tune_trials: int = 0,
+    tune_workers: int = 1,
 ) -> dict:
-    """Train, evaluate, gate and register a steel-defect classifier on ``data``."""
+    """Train, evaluate, gate and register a steel-defect classifier on ``data`` (tuning first when asked)."""
     start = time.perf_counter()
     overrides = settings_overrides or {}
     settings = _settings(overrides)
@@ -417,6 +419,25 @@ def training_pipeline(
     ingest = {**ingest, **{k: str(Path(run_dir) / Path(ingest[k]).name) for k in ("manifest", "quarantine")}}
     splits = split_step(run_dir, overrides)
     run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides)
+    tuning = None
+    if tune_trials > 0:
+        from flows.tuning import tune_step
+        from tasks.train import TrainConfig
+
+        trial_cfg = {**cfg.to_dict(), "epochs": settings.tune_epochs}
+        tuning = tune_step(
+            run_dir,
+            ingest["fingerprint"],
+            ingest["label_space"],
+            trial_cfg,
+            tune_trials,
+            tune_workers,
+            run_id,
+            overrides,
+        )
+        if tuning["best_params"]:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), **tuning["best_params"]})
+            client(settings).log_param(run_id, "tuned_params", json.dumps(tuning["best_params"]))
     train = train_step(run_dir, run_id, cfg.to_dict(), ingest["label_space"], resume, overrides)
     evaluation = evaluate_step(run_dir, run_id, train["best_checkpoint"], overrides)
     champion = champion_step(run_dir, ingest["label_space"], overrides)
@@ -445,6 +466,8 @@ def training_pipeline(
         "tracking_uri": settings.mlflow_uri,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if tuning is not None:
+        summary["tuning"] = tuning
     from tasks.runs import write_state
 
     write_state(Path(run_dir), status="finished", model_version=version, promoted=decision["promoted"])

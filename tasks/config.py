@@ -121,6 +121,18 @@ class Settings(BaseSettings):
     )
     lock_timeout_s: float = Field(default=120.0, description="How long to wait for the registry promotion lock.")
 
+    # Optuna
+    optuna_storage: str | None = Field(
+        default=None,
+        description="sqlite:///..., postgresql://... or journal:PATH; default SQLite under STEELQC_HOME.",
+    )
+    tune_space: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="Search space overriding tasks.tune.DEFAULT_SPACE (name -> {type, ...})."
+    )
+    tune_epochs: int = Field(default=3, description="Epochs per tuning trial.")
+    optuna_heartbeat_s: int = Field(default=30, description="Trial heartbeat (RDB storages).")
+    optuna_grace_s: int = Field(default=90, description="A trial silent this long is failed (and retried once).")
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -94,7 +94,9 @@ def calibrate_threshold(
 
     Candidates are the distinct critical probabilities of the data; under :func:`decide` a sample is predicted
     critical iff its critical probability ``>= t``. Among candidates whose critical recall reaches
-    ``target_recall``, take the best critical precision; ties go to the highest ``t`` (fewest alarms).
+    ``target_recall``, take the best critical precision; ties go to the highest ``t`` (fewest alarms). The
+    returned threshold is the middle of the gap between that probability and the next lower one (same validation
+    decisions, a margin for unseen data); ``edge_threshold`` is the probability itself.
     The lowest candidate predicts every sample critical (recall 1), so with at least one critical sample the
     target is always reachable.
 
@@ -132,9 +134,13 @@ def calibrate_threshold(
     # ok is never empty: the lowest candidate has recall 1.
     best_precision = precision[ok].max()
     chosen = np.flatnonzero(ok & (precision == best_precision))[-1]  # highest t among ties
+    # Every t in (next lower probability, chosen] makes the same validation decisions; take the middle of that gap
+    # rather than its edge, so a critical sample slightly less confident than the validation ones is still caught.
+    lower = candidates[chosen - 1] if chosen > 0 else 0.0
     out = {
         **result,
-        "threshold": float(candidates[chosen]),
+        "threshold": float((candidates[chosen] + lower) / 2),
+        "edge_threshold": float(candidates[chosen]),
         "recall": float(recall[chosen]),
         "precision": float(precision[chosen]),
         "achieved": True,

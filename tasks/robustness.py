@@ -8,8 +8,12 @@ Corruptions work on intensity ``x = pixel / 255`` in [0, 1], i.e. on grey levels
 
 * ``dim``: ``x -> clip(x - 0.3, 0, 1)``, the mirror of ImageNet-C *brightness* severity 3 (which adds +0.3 to
   HSV V; for a grey image V is the intensity).
-* ``bright``: ``x -> clip(x + 0.3 + 0.4 * band(x, y), 0, 1)``: the ImageNet-C brightness shift plus a specular
-  highlight band. ``band`` is a Gaussian profile across a straight band (peak 1 on its axis); the axis passes
+* ``bright``: ``x' = clip(x + 0.3, 0, 1)``, the ImageNet-C brightness shift, then a specular highlight band
+  applied as a screen blend, ``1 - (1 - x') * (1 - 0.4 * band(x, y))``: reflected light compresses the grey
+  levels toward white without clipping them. (A hard-clipped +0.4 on top of +0.3 saturates every pixel brighter
+  than 0.3 under the band, while dim erases every pixel darker than 0.3: no strip survives both, so the test would
+  measure the corruption's destruction rather than the model's robustness.)
+  ``band`` is a Gaussian profile across a straight band (peak 1 on its axis); the axis passes
   through ``(cx * W, H / 2)`` at an angle from vertical drawn in [-45°, 45°] (near-vertical to diagonal); its
   width (full width at half maximum) is a share of the image width drawn in [5 %, 15 %]. The three draws
   ``(cx, angle, width share)`` come from ``numpy.random.default_rng`` seeded with ``(seed, sha256(image_id))``,
@@ -101,12 +105,15 @@ def dim(img: np.ndarray) -> np.ndarray:
 
 
 def bright(img: np.ndarray, image_id: str, seed: int = 0) -> np.ndarray:
-    """``x -> clip(x + 0.3 + 0.4 * band, 0, 1)`` with the seeded band of ``image_id``."""
+    """``x -> 1 - (1 - clip(x + 0.3, 0, 1)) * (1 - 0.4 * band)`` with the seeded band of ``image_id``."""
     img = _check_image(img)
     profile = band_profile(img.shape[:2], band_for(image_id, seed))
     if img.ndim == 3:
         profile = profile[:, :, None]
-    levels = img.astype(np.float32) + np.float32(_SHIFT_LEVELS) + np.float32(_PEAK_LEVELS) * profile
+    shifted = np.clip(img.astype(np.float32) + np.float32(_SHIFT_LEVELS), 0.0, _LEVELS)
+    # Screen blend: the highlight adds light that compresses toward white (1 - (1 - x)(1 - 0.4 band)); it keeps the
+    # order of grey levels, so edges under the band dim in contrast instead of being clipped away.
+    levels = _LEVELS - (_LEVELS - shifted) * (1.0 - np.float32(_PEAK_LEVELS / _LEVELS) * profile)
     return _to_uint8(levels)
 
 

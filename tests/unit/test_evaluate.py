@@ -135,10 +135,13 @@ def test_calibrate_threshold_best_precision_at_target():
     proba = np.c_[(1 - p) * 0.6, p, (1 - p) * 0.4]
     y = np.where(crit == 1, 1, 0)
     r = calibrate_threshold(y, proba, 1, target_recall=0.75)
-    assert r["threshold"] == 0.7 and r["recall"] == 0.75 and r["precision"] == 0.75
+    # edge 0.7, next lower probability 0.6: the threshold sits mid-gap at 0.65 (same validation decisions)
+    assert r["edge_threshold"] == 0.7 and r["threshold"] == pytest.approx(0.65)
+    assert r["recall"] == 0.75 and r["precision"] == 0.75
     assert r["achieved"] is True and r["n_critical"] == 4 and r["reason"] is None
     r = calibrate_threshold(y, proba, 1, target_recall=0.95)
-    assert r["threshold"] == 0.4 and r["recall"] == 1.0 and r["precision"] == pytest.approx(4 / 7)
+    assert r["edge_threshold"] == 0.4 and r["threshold"] == pytest.approx(0.3)
+    assert r["recall"] == 1.0 and r["precision"] == pytest.approx(4 / 7)
     # The reported recall is the recall under decide() with that threshold.
     assert compute_metrics(y, proba, ["ok", "crack", "x"], 1, r["threshold"])["critical_recall"] == r["recall"]
 
@@ -147,8 +150,11 @@ def test_calibrate_threshold_ties_take_the_highest_threshold():
     p = np.array([0.9, 0.8, 0.3])
     proba = np.c_[1 - p, p]
     # t=0.9: R .5, P 1; t=0.8: R 1, P 1 -> both reach 0.5 with precision 1: the higher one wins.
-    assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=0.5)["threshold"] == 0.9
-    assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=1.0)["threshold"] == 0.8
+    assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=0.5)["edge_threshold"] == 0.9
+    assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=1.0)["edge_threshold"] == 0.8
+    # mid-gap: (0.8 + 0.3) / 2; the lowest candidate's gap reaches down to 0
+    assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=1.0)["threshold"] == pytest.approx(0.55)
+    assert calibrate_threshold(np.array([1, 1, 1]), proba, 1, target_recall=1.0)["threshold"] == pytest.approx(0.15)
 
 
 def test_calibrate_threshold_without_critical_samples():

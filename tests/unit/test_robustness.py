@@ -41,9 +41,15 @@ def test_bright_is_exact_away_from_the_band():
     assert (out[2:][far[2:]] == 177).all()  # 100 + 76.5 = 176.5 -> 177
     assert (out[0] == 255).all()  # 250 + 76.5 clips to 255
     assert (out[1][far[1]] == 255).all()  # 178 + 76.5 = 254.5 -> 255
-    # On the band the highlight adds up to +0.4 (102 levels): 100 + 76.5 + 102 = 278.5 -> clipped 255.
-    assert out[profile > 0.99].min() == 255
+    # On the band axis the highlight screens toward white: 255 - (255 - 176.5) * (1 - 0.4) = 207.9 -> 208.
+    peak = profile > 0.999
+    assert (out[2:][peak[2:]] == 208).all()
     assert (out >= 177).all()
+    # Screening keeps grey levels apart under the band (an edge survives): 150 -> 226.5 -> 255 - 28.5 * 0.6 = 237.9.
+    darker = bright(np.full(SHAPE, 100, dtype=np.uint8), "img-1.jpg").astype(int)
+    lighter = bright(np.full(SHAPE, 150, dtype=np.uint8), "img-1.jpg").astype(int)
+    assert (lighter[peak] == 238).all() and (darker[peak] == 208).all()
+    assert (lighter >= darker).all()
 
 
 def test_band_is_deterministic_per_image_and_differs_between_images():

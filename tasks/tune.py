@@ -1,0 +1,218 @@
+"""Hyperparameter tuning with Optuna: one study per (data fingerprint, search space), shareable by many workers.
+
+* **Objective**: validation macro-F1 *after* the critical threshold is calibrated on the validation split. A trial
+  whose calibrated critical precision falls below the gate cannot win: its value is pushed below every valid
+  trial's (``value - 1``), and the reason is kept as a user attribute.
+* **Pruning**: a MedianPruner fed by each epoch's validation macro-F1.
+* **Total, not increment**: ``--trials N`` is the study's total of finished (complete or pruned) trials, so a
+  resumed study runs only what is missing; workers share the total through ``MaxTrialsCallback``.
+* **Storage**: SQLite under ``STEELQC_HOME`` by default; ``journal:PATH`` for several local workers (Optuna's
+  journal file tolerates concurrent writers); ``postgresql://...`` for a cluster. RDB storages get a heartbeat, so
+  a trial whose worker was killed is marked failed after the grace period and retried once, never left RUNNING.
+* The study is created once, before workers start (Optuna's creation race); workers only load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from tasks.labels import LabelSpace
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S = 30
+GRACE_S = 90
+
+# The notebook's space plus the model family; every entry can be overridden from settings.
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
+    "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+    "freeze_stages": {"type": "int", "low": 0, "high": 4},
+    "scheduler": {"type": "categorical", "choices": ["none", "cosine"]},
+    "model": {"type": "categorical", "choices": ["mobilenet_v2", "simple_cnn"]},
+}
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Draw one point of ``space`` for ``trial``."""
+    params: dict[str, Any] = {}
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "float":
+            params[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+        elif kind == "int":
+            params[name] = trial.suggest_int(name, spec["low"], spec["high"])
+        elif kind == "categorical":
+            params[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        else:
+            raise ValueError(f"search space entry {name!r}: unknown type {kind!r}")
+    return params
+
+
+def space_hash(space: dict[str, dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(space, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def study_name(fingerprint: str, space: dict[str, dict[str, Any]], extra: str = "") -> str:
+    """Derived from the data fingerprint and the search space (and fixed training settings in ``extra``)."""
+    tail = hashlib.sha256(extra.encode()).hexdigest()[:6] if extra else "base"
+    return f"steelqc-{fingerprint[:12]}-{space_hash(space)}-{tail}"
+
+
+def mask_url(url: str) -> str:
+    """A storage URL with its password masked."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def storage_url(configured: str | None, home: Path) -> str:
+    """The storage URL: the setting, else SQLite under ``home``."""
+    return configured or f"sqlite:///{(home / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> BaseStorage:
+    """An Optuna storage for ``url`` (``sqlite:``, ``postgresql:``, ``journal:PATH``)."""
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return RDBStorage(
+        url,
+        heartbeat_interval=heartbeat_s,
+        grace_period=grace_s,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+    )
+
+
+def create_study(name: str, storage: BaseStorage | str, seed: int) -> optuna.Study:
+    """Create the study if needed (call once, before any worker); returns it loaded."""
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        load_if_exists=True,
+    )
+
+
+def load_study(name: str, storage: BaseStorage | str, seed: int) -> optuna.Study:
+    """Load an existing study (workers never create one)."""
+    return optuna.load_study(
+        study_name=name,
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+    )
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def missing_trials(study: optuna.Study, total: int) -> int:
+    """How many trials remain until ``total`` finished ones."""
+    return max(0, total - finished_trials(study))
+
+
+def make_objective(
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    label_space: LabelSpace,
+    base_config: dict[str, Any],
+    space: dict[str, dict[str, Any]],
+    out_dir: Path,
+    target_recall: float,
+    min_precision: float,
+    on_trial: Callable[[optuna.Trial, dict[str, Any], dict[str, Any]], None] | None = None,
+) -> Callable[[optuna.Trial], float]:
+    """The objective: train with the trial's parameters, calibrate on validation, score macro-F1."""
+    from tasks.assess import calibrate, true_indices
+    from tasks.evaluate import compute_metrics
+    from tasks.train import TrainConfig, load_model, predict_proba, train_model
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        cfg = TrainConfig.from_dict({**base_config, **params})
+        trial_dir = out_dir / f"trial-{trial.number:04d}"
+
+        def report(epoch: int, figures: dict) -> None:
+            trial.report(float(figures["val_macro_f1"]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: val macro-F1 {figures['val_macro_f1']:.4f}")
+
+        result = train_model(train_df, val_df, label_space, cfg, trial_dir, on_epoch=report, progress=False)
+        model, meta = load_model(result.best_checkpoint)
+        spec = meta["input_spec"]
+        calibration = calibrate(model, val_df, label_space, cfg.input_spec, target_recall)
+        proba = predict_proba(model, val_df, label_space, spec)
+        figures = compute_metrics(
+            true_indices(val_df, label_space),
+            proba,
+            label_space.names,
+            label_space.critical_index,
+            calibration["threshold"],
+        )
+        value = float(figures["macro_f1"] or 0.0)
+        precision = figures["critical_precision"]
+        trial.set_user_attr("val_macro_f1", value)
+        trial.set_user_attr("critical_precision", precision)
+        trial.set_user_attr("threshold", calibration["threshold"])
+        trial.set_user_attr("checkpoint", str(result.best_checkpoint))
+        if precision is None or precision < min_precision:
+            trial.set_user_attr("excluded", f"calibrated critical precision {precision} < gate {min_precision}")
+            value -= 1.0
+        if on_trial is not None:
+            on_trial(trial, params, {"value": value, **figures})
+        return value
+
+    return objective
+
+
+def optimise(study: optuna.Study, objective: Callable[[optuna.Trial], float], total: int) -> int:
+    """Run trials until the study holds ``total`` finished ones (shared by every worker).
+
+    Returns how many trials this worker ran (other workers' trials are not counted).
+    """
+    if missing_trials(study, total) == 0:
+        log.info("study %s already has %d finished trials", study.study_name, finished_trials(study))
+        return 0
+    ran: list[int] = []
+    study.optimize(
+        objective,
+        callbacks=[optuna.study.MaxTrialsCallback(total, states=FINISHED), lambda _s, trial: ran.append(trial.number)],
+        catch=(RuntimeError, ValueError),
+        gc_after_trial=True,
+    )
+    return len(ran)
+
+
+def best_summary(study: optuna.Study) -> dict[str, Any]:
+    """Best value and parameters (None before any trial completed)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return {"best_value": None, "best_params": None, "best_trial": None}
+    best = max(complete, key=lambda t: t.value)
+    return {
+        "best_value": best.value,
+        "best_params": best.params,
+        "best_trial": best.number,
+        "best_user_attrs": best.user_attrs,
+    }

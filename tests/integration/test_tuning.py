@@ -1,0 +1,136 @@
+"""Optuna tuning: resumable studies (kill and restart), the total-trials contract, and two workers sharing a study
+in a real PostgreSQL 15 cluster (started by infra/postgres.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tasks.synth import generate_dataset
+from tasks.tune import open_storage
+from tests.conftest import ROOT
+from tests.integration.test_cli import STEELQC, run
+
+pytestmark = pytest.mark.slow
+
+TINY_SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "scheduler": {"type": "categorical", "choices": ["none", "cosine"]},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tune") / "data"
+    generate_dataset(out, n_images=60, seed=5, mix={0: 0.3, 1: 0.25, 2: 0.15, 3: 0.15, 4: 0.15})
+    return out
+
+
+@pytest.fixture(autouse=True)
+def tuning_env(monkeypatch: pytest.MonkeyPatch, prefect_api: dict) -> None:
+    for key, value in prefect_api.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("STEELQC_TUNE_SPACE", json.dumps(TINY_SPACE))
+    monkeypatch.setenv("STEELQC_TUNE_EPOCHS", "1")
+    monkeypatch.setenv("STEELQC_BOOTSTRAP_SAMPLES", "100")
+    monkeypatch.setenv("STEELQC_OPTUNA_HEARTBEAT_S", "1")
+    monkeypatch.setenv("STEELQC_OPTUNA_GRACE_S", "3")
+
+
+def tune(data: Path, home: Path, trials: int, *extra: str) -> dict:
+    code, summary, stderr = run(
+        "tune", "--data", str(data), "--trials", str(trials), "--profile", "tiny", *extra, "--json", home=home
+    )
+    assert code == 0, stderr[-3000:]
+    return summary
+
+
+def test_tune_json_contract_and_total_trials(tiny_data: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = tune(tiny_data, home, 2)
+    for key in ("study_name", "storage", "n_trials", "best_value", "best_params"):
+        assert key in first
+    assert first["finished_trials"] == 2 and first["ran_here"] == 2
+    assert set(first["best_params"]) == set(TINY_SPACE)
+    assert first["storage"].startswith("sqlite:///") and str(home) in first["storage"]
+    again = tune(tiny_data, home, 3)
+    assert again["study_name"] == first["study_name"]
+    assert again["ran_here"] == 1 and again["finished_trials"] == 3
+    assert tune(tiny_data, home, 3)["ran_here"] == 0
+
+
+def test_killed_study_resumes_and_leaves_no_trial_running(tiny_data: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "STEELQC_HOME": str(home)}
+    proc = subprocess.Popen(
+        [*STEELQC, "tune", "--data", str(tiny_data), "--trials", "4", "--profile", "tiny", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    storage_url = f"sqlite:///{(home / 'optuna.db').resolve()}"
+
+    def finished_trials() -> int:
+        try:
+            names = optuna.get_all_study_names(storage_url)
+            study = optuna.load_study(study_name=names[0], storage=storage_url)
+            return sum(t.state.is_finished() for t in study.trials)
+        except Exception:  # no database or schema yet
+            return 0
+
+    deadline = time.monotonic() + 240
+    while finished_trials() < 1:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(4)  # past the heartbeat grace period: the killed trial is stale
+    summary = tune(tiny_data, home, 4)
+    study = optuna.load_study(study_name=summary["study_name"], storage=open_storage(storage_url, 1, 3))
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 4
+    assert summary["finished_trials"] == 4 and summary["ran_here"] <= 4
+
+
+@pytest.fixture
+def postgres():
+    if shutil.which("pg_ctl") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
+        pytest.skip("PostgreSQL is not installed")
+    import tempfile
+
+    # its own folder under /tmp: as root the cluster runs as `postgres`, which cannot enter pytest's 0700 tmp dirs
+    cluster = Path(tempfile.mkdtemp(prefix="steelqc-pg-"))
+    script = ROOT / "infra" / "postgres.sh"
+    subprocess.run([str(script), "start", str(cluster)], check=True, capture_output=True, text=True)
+    try:
+        url = subprocess.run(
+            [str(script), "createdb", str(cluster), "optuna"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        yield url
+    finally:
+        subprocess.run([str(script), "stop", str(cluster)], check=False)
+        shutil.rmtree(cluster, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_in_postgresql(tiny_data: Path, tmp_path: Path, postgres: str, monkeypatch) -> None:
+    monkeypatch.setenv("STEELQC_OPTUNA_STORAGE", postgres)
+    summary = tune(tiny_data, tmp_path / "home", 4, "--workers", "2")
+    assert summary["storage"].startswith("postgresql://") and summary["workers"] == 2
+    study = optuna.load_study(study_name=summary["study_name"], storage=open_storage(postgres, 1, 3))
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(len(numbers)))  # no duplicate, no gap
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len([t for t in finished if t.state != optuna.trial.TrialState.FAIL]) >= 4
+    assert summary["ran_here"] == len(study.trials)  # every trial came from one of our two workers, counted once
+    assert len(summary["ran_per_worker"]) == 2 and min(summary["ran_per_worker"]) >= 1  # both took part
