@@ -134,3 +134,24 @@ def test_two_workers_share_one_study_in_postgresql(tiny_data: Path, tmp_path: Pa
     assert len([t for t in finished if t.state != optuna.trial.TrialState.FAIL]) >= 4
     assert summary["ran_here"] == len(study.trials)  # every trial came from one of our two workers, counted once
     assert len(summary["ran_per_worker"]) == 2 and min(summary["ran_per_worker"]) >= 1  # both took part
+
+
+def test_train_with_tuning_nests_trials_and_uses_the_best_parameters(tiny_data: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    home = tmp_path / "home"
+    code, summary, stderr = run(
+        "train", "--data", str(tiny_data), "--profile", "tiny", "--tune-trials", "2", "--json", home=home
+    )
+    assert code == 0, stderr[-3000:]
+    tuning = summary["tuning"]
+    assert tuning["finished_trials"] == 2 and set(tuning["best_params"]) == set(TINY_SPACE)
+    assert tuning["parent_run_id"] == summary["run_id"]
+    client = MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    parent = client.get_run(summary["run_id"])
+    assert json.loads(parent.data.params["tuned_params"]) == tuning["best_params"]
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'"
+    )
+    assert len(children) == 2 and all("objective" in c.data.metrics for c in children)
+    assert {"metrics", "model_version", "gates"} <= set(summary)
