@@ -24,10 +24,8 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
-import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +33,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+
+from tasks.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,7 @@ def install_offline_mobilenet_weights() -> Path | None:
     target_dir = Path(torch.hub.get_dir()) / "checkpoints"
     target = target_dir / OFFLINE_MOBILENET_FILE
     if not target.is_file() or not sha256_file(target).startswith(OFFLINE_MOBILENET_SHA_PREFIX):
-        target_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target_dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
         log.info("installed offline MobileNetV2 ImageNet weights into %s", target)
     return target
 

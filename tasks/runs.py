@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tasks.fileio import atomic_write
 
 STATE_FILE = "state.json"
 
@@ -20,9 +21,7 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 def write_state(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into the run's state (atomic write)."""
     state = {**read_state(run_dir), **fields, "updated": datetime.now(UTC).isoformat(timespec="seconds")}
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    os.replace(tmp, run_dir / STATE_FILE)
+    atomic_write(run_dir / STATE_FILE, lambda tmp: tmp.write_text(json.dumps(state, indent=2, default=str)))
     return state
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from tasks.config import SplitFractions
+from tasks.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +134,9 @@ def update_ledger(path: Path, manifest: pd.DataFrame, split: pd.Series) -> int:
     new = rows[~rows["sha256"].isin(known)].drop_duplicates("sha256")
     if new.empty:
         return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
     merged = pd.concat([old, new.astype(str)], ignore_index=True) if old is not None else new
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ledger-", suffix=".csv")
-    os.close(fd)
-    merged.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: merged.to_csv(tmp, index=False))
     return len(new)
 
 

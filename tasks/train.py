@@ -23,10 +23,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -43,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tasks.datasets import Corruption, InputSpec, ManifestDataset, class_weights, make_loader, set_loader_epoch
+from tasks.fileio import atomic_write
 from tasks.labels import LabelSpace
 from tasks.models import MODEL_NAMES, build_model, set_train_mode
 
@@ -267,14 +266,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict[str, Any]:
