@@ -84,7 +84,18 @@ def tune_step(
     settings_overrides: dict,
 ) -> dict:
     """Create the study once, run ``workers`` processes until ``trials`` finished trials, return the best."""
-    from tasks.tune import DEFAULT_SPACE, best_summary, create_study, mask_url, open_storage, storage_url, study_name
+    from optuna.trial import TrialState
+
+    from tasks.tune import (
+        DEFAULT_SPACE,
+        best_summary,
+        create_study,
+        finished_trials,
+        mask_url,
+        open_storage,
+        storage_url,
+        study_name,
+    )
 
     settings = load_settings(**(settings_overrides or {}))
     experiment_id = configure(settings)
@@ -135,7 +146,8 @@ def tune_step(
         "study_name": name,
         "storage": mask_url(url),
         "n_trials": len(study.trials),
-        "finished_trials": sum(t.state.is_finished() for t in study.trials),
+        "finished_trials": finished_trials(study),
+        "failed_trials": sum(t.state == TrialState.FAIL for t in study.trials),
         "ran_here": sum(ran),
         "ran_per_worker": ran,
         "workers": workers,

@@ -79,21 +79,26 @@ def test_killed_study_resumes_and_leaves_no_trial_running(tiny_data: Path, tmp_p
     )
     storage_url = f"sqlite:///{(home / 'optuna.db').resolve()}"
 
-    def finished_trials() -> int:
+    def trial_states() -> list[optuna.trial.TrialState]:
         try:
             names = optuna.get_all_study_names(storage_url)
             study = optuna.load_study(study_name=names[0], storage=storage_url)
-            return sum(t.state.is_finished() for t in study.trials)
+            return [t.state for t in study.trials]
         except Exception:  # no database or schema yet
-            return 0
+            return []
+
+    def finished_and_one_running() -> bool:
+        states = trial_states()
+        return any(s.is_finished() for s in states) and optuna.trial.TrialState.RUNNING in states
 
     deadline = time.monotonic() + 240
-    while finished_trials() < 1:
+    while not finished_and_one_running():  # kill mid-trial, so a RUNNING trial is left behind
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline, "no trial finished in time"
-        time.sleep(1)
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    orphaned = trial_states().count(optuna.trial.TrialState.RUNNING)  # 1 unless the trial ended in the kill's instant
     time.sleep(4)  # past the heartbeat grace period: the killed trial is stale
     summary = tune(tiny_data, home, 4)
     study = optuna.load_study(study_name=summary["study_name"], storage=open_storage(storage_url, 1, 3))
@@ -101,6 +106,8 @@ def test_killed_study_resumes_and_leaves_no_trial_running(tiny_data: Path, tmp_p
     assert optuna.trial.TrialState.RUNNING not in states
     assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) == 4
     assert summary["finished_trials"] == 4 and summary["ran_here"] <= 4
+    # the killed trial was failed by the heartbeat check (and retried), not counted as finished
+    assert summary["failed_trials"] == states.count(optuna.trial.TrialState.FAIL) == orphaned
 
 
 @pytest.fixture
