@@ -48,6 +48,26 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _state.config = config
+    _use_local_servers()
+
+
+def _use_local_servers() -> None:
+    """Talk to the servers `steelqc server start` runs, when they are up and nothing else is configured."""
+    import os
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    try:
+        cfg = load_settings(_state.config)
+    except Exception:  # reported by the command itself
+        return
+    from tasks.services import healthy, read_pid
+
+    if read_pid(cfg.home, "prefect") is not None:
+        url = f"http://{cfg.server_host}:{cfg.prefect_port}/api"
+        if healthy(f"{url}/health", 1.0):
+            os.environ["PREFECT_API_URL"] = url
+            log.debug("using the local Prefect server at %s", url)
 
 
 def settings(**overrides: Any) -> Settings:
@@ -228,7 +248,15 @@ def train(
     """Run the training pipeline: ingest, split, (tune,) train, evaluate, gate, register and promote."""
     if approval not in (None, "auto", "manual"):
         _fail(f"--approval must be auto or manual, not {approval!r}", as_json)
-    settings()  # validate the settings before starting Prefect
+    cfg = settings()  # validate the settings before starting Prefect
+    import os
+
+    if (approval or cfg.approval) == "manual" and not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            "manual approval needs a Prefect server the reviewer can reach: run `steelqc server start` "
+            "(or set PREFECT_API_URL)",
+            as_json,
+        )
     overrides = {
         "batch_size": batch_size,
         "lr": lr,
@@ -350,7 +378,12 @@ def registry_history(as_json: JsonOpt = False) -> None:
         )
         return
     for e in events:
-        move = f"{e.get('alias') or '-'}: {e.get('from_version') or '-'} -> {e.get('to_version')}"
+        moved = e["action"] in ("challenger", *promotion.PROMOTING_ACTIONS)
+        move = (
+            f"{e.get('alias') or '-'}: {e.get('from_version') or '-'} -> {e.get('to_version')}"
+            if moved
+            else f"v{e.get('to_version')} ({e.get('alias') or '-'} stays {e.get('from_version') or '-'})"
+        )
         typer.echo(f"{e['seq']:>4} {e['time']} {e['action']:<18} {move:<24} {e.get('actor')}  {e.get('reason')}")
 
 
@@ -376,6 +409,60 @@ def registry_promote(
     emit({"event": event, "aliases": promotion.aliases(c, cfg.registered_model)}, as_json)
 
 
+@registry.command("approve")
+def registry_approve(
+    flow_run_id: Annotated[str, typer.Argument(help="The paused training run's flow run id (Prefect UI, alert).")],
+    reviewer: Annotated[str, typer.Option(help="Your name; it must differ from whoever started the run.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject: the champion stays as it is.")] = False,
+    comment: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the run to apply the decision.")] = 120.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve (or --reject) a training run paused for approval; prints the audit event the run wrote.
+
+    Exit 0 when the decision was applied, 1 when the run refused it (self-approval, champion moved meanwhile).
+    """
+    import time
+    import uuid
+
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    from model_registry import promotion
+
+    cfg, c = _registry_client()
+    try:
+        run_uuid = uuid.UUID(flow_run_id)
+    except ValueError:
+        _fail(f"not a flow run id: {flow_run_id!r}", as_json)
+    before = {e["seq"] for e in promotion.history(c, cfg.registered_model)}
+    decision = {"decision": "reject" if reject else "approve", "reviewer": reviewer, "comment": comment}
+    try:
+        resume_flow_run(run_uuid, run_input=decision)
+    except ObjectNotFound:
+        _fail(f"no flow run {flow_run_id} on the Prefect server", as_json)
+    except Exception as exc:  # not paused, pause expired, bad input
+        _fail(f"cannot resume flow run {flow_run_id}: {type(exc).__name__}: {exc}", as_json, code=1)
+    deadline = time.monotonic() + wait
+    event = None
+    while event is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        new = [e for e in promotion.history(c, cfg.registered_model) if e["seq"] not in before]
+        event = next((e for e in new if e.get("flow_run_id") == flow_run_id), None)
+    if event is None:
+        _fail(f"flow run {flow_run_id} resumed, but recorded no decision within {wait:.0f} s", as_json, code=1)
+    summary = {
+        "flow_run_id": flow_run_id,
+        **decision,
+        "applied": not event["action"].endswith("-refused"),
+        "event": event,
+        "aliases": promotion.aliases(c, cfg.registered_model),
+    }
+    emit(summary, as_json)
+    if not summary["applied"]:
+        raise typer.Exit(1)
+
+
 @registry.command("rollback")
 def registry_rollback(
     reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")] = "rollback",
@@ -390,6 +477,106 @@ def registry_rollback(
     except (promotion.PromotionRefused, promotion.LockTimeout) as exc:
         _fail(str(exc), as_json, code=1)
     emit({"event": event, "aliases": promotion.aliases(c, cfg.registered_model)}, as_json)
+
+
+server = typer.Typer(help="Local Prefect (UI on :4200) and MLflow (:5000) servers.", no_args_is_help=True)
+app.add_typer(server, name="server")
+WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or mlflow (default both).")]
+
+
+def _server_plans(cfg: Settings) -> dict:
+    from tasks.services import plans
+
+    return plans(
+        cfg.home,
+        cfg.server_host,
+        cfg.prefect_port,
+        cfg.mlflow_port,
+        cfg.mlflow_uri,
+        cfg.artifact_root,
+        cfg.database_url,
+        cfg.database_prefix,
+    )
+
+
+def _which(only: list[str] | None, as_json: bool) -> list[str]:
+    from tasks.services import SERVICES
+
+    names = only or list(SERVICES)
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        _fail(f"unknown server {unknown}; choose from {list(SERVICES)}", as_json)
+    return names
+
+
+@server.command("start")
+def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
+    """Start the servers in the background (logs and pid files under STEELQC_HOME/servers); wait until healthy."""
+    from tasks import services
+
+    cfg = settings()
+    names = _which(only, as_json)
+    out = {}
+    try:
+        if cfg.database_url:
+            for name in names:
+                services.ensure_database(cfg.database_url, f"{cfg.database_prefix}_{name}")
+        all_plans = _server_plans(cfg)
+        for name in names:
+            out[name] = services.start(cfg.home, all_plans[name])
+    except Exception as exc:
+        _fail(f"server start failed: {exc}", as_json, code=1, servers=out)
+    emit({"servers": out, "ui": {"prefect": all_plans["prefect"].url, "mlflow": all_plans["mlflow"].url}}, as_json)
+
+
+@server.command("stop")
+def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop the servers started by `steelqc server start`."""
+    from tasks import services
+
+    cfg = settings()
+    emit({"servers": {name: services.stop(cfg.home, name) for name in _which(only, as_json)}}, as_json)
+
+
+@server.command("status")
+def server_status(as_json: JsonOpt = False) -> None:
+    """Whether each server runs and answers its health check. Exit 1 when one is down."""
+    from tasks import services
+
+    cfg = settings()
+    out = {name: services.status(cfg.home, plan) for name, plan in _server_plans(cfg).items()}
+    emit({"servers": out}, as_json)
+    if not all(s["running"] and s["healthy"] for s in out.values()):
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd(
+    register_only: Annotated[bool, typer.Option(help="Register the deployments and exit (no scheduling).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register the deployments (training-pipeline/nightly-retrain, ...) and run their schedules until stopped.
+
+    Needs a Prefect server (`steelqc server start`). Stopping this process leaves the schedules active; starting
+    it again (a re-deploy) keeps them.
+    """
+    import os
+
+    from flows import deployments
+
+    cfg = settings()
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("steelqc serve needs a Prefect server: run `steelqc server start` (or set PREFECT_API_URL)", as_json)
+    try:
+        registered = deployments.register(cfg)
+    except Exception as exc:
+        _fail(f"cannot register deployments: {type(exc).__name__}: {exc}", as_json, code=1)
+    emit(
+        {"deployments": registered, "serving": not register_only, "prefect_api": os.environ["PREFECT_API_URL"]}, as_json
+    )
+    if not register_only:
+        cfg.incoming_dir.mkdir(parents=True, exist_ok=True)
+        deployments.serve(cfg)
 
 
 DEMO_MIX = "0=0.28,1=0.22,2=0.16,3=0.20,4=0.14"

@@ -392,7 +392,28 @@ def promote_step(
 # ------------------------------------------------------------------------------------------------- flow
 
 
-@flow(name=FLOW_NAME, log_prints=False)
+def _current_flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else None
+
+
+def _alert_run_failed(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook (failed or crashed): raise the run-failed alert with a link to the run."""
+    from flows import alerts
+
+    settings = _settings((flow_run.parameters or {}).get("settings_overrides"))
+    alerts.notify(
+        settings,
+        "run-failed",
+        f"{flow.name} run {flow_run.name} {state.type.value.lower()}",
+        {"message": state.message, "deployment_id": flow_run.deployment_id, "data": flow_run.parameters.get("data")},
+        str(flow_run.id),
+    )
+
+
+@flow(name=FLOW_NAME, log_prints=False, on_failure=[_alert_run_failed], on_crashed=[_alert_run_failed])
 def training_pipeline(
     data: str,
     model: str | None = None,
@@ -412,6 +433,8 @@ def training_pipeline(
     overrides = settings_overrides or {}
     settings = _settings(overrides)
     approval = approval or settings.approval
+    started_by = promotion.actor()
+    flow_run_id = _current_flow_run_id()
     ingest = ingest_step(data, fmt, critical_class, overrides)
     requested = {"model": model, "epochs": epochs, **(train_overrides or {})}
     cfg = train_config(settings, requested, profile, tuple(ingest["image_shape"]))
@@ -419,6 +442,9 @@ def training_pipeline(
     ingest = {**ingest, **{k: str(Path(run_dir) / Path(ingest[k]).name) for k in ("manifest", "quarantine")}}
     splits = split_step(run_dir, overrides)
     run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides)
+    client(settings).set_tag(run_id, "steelqc.started_by", started_by)
+    if flow_run_id:
+        client(settings).set_tag(run_id, "steelqc.flow_run_id", flow_run_id)
     tuning = None
     if tune_trials > 0:
         from flows.tuning import tune_step
@@ -464,13 +490,38 @@ def training_pipeline(
         "run_dir": run_dir,
         "artifacts": evaluation["artifacts"],
         "tracking_uri": settings.mlflow_uri,
-        "seconds": round(time.perf_counter() - start, 1),
+        "started_by": started_by,
+        "flow_run_id": flow_run_id,
+        "approval_policy": approval,
     }
+    if not gates["passed"]:
+        from flows import alerts
+
+        summary["alert"] = alerts.notify(
+            settings,
+            "gates-failed",
+            f"{settings.registered_model} v{version} failed its gates: {gates['reason']}",
+            {"run_id": run_id, "macro_f1": metrics.get("macro_f1"), "critical_recall": metrics.get("critical_recall")},
+            flow_run_id,
+        )
+    if decision.get("pending"):
+        from flows.approval import await_approval
+
+        outcome = await_approval(settings, summary, started_by, flow_run_id)
+        summary.update(
+            promoted=outcome["promoted"],
+            decision=outcome["reason"],
+            approval=outcome["approval"],
+            aliases=promotion.aliases(mlflow_client, settings.registered_model),
+        )
+        if "alert" in outcome:
+            summary["alert"] = outcome["alert"]
+    summary["seconds"] = round(time.perf_counter() - start, 1)
     if tuning is not None:
         summary["tuning"] = tuning
     from tasks.runs import write_state
 
-    write_state(Path(run_dir), status="finished", model_version=version, promoted=decision["promoted"])
+    write_state(Path(run_dir), status="finished", model_version=version, promoted=summary["promoted"])
     Path(run_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     create_markdown_artifact(
         markdown=summary_markdown(summary, settings),

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
-from prefect import task
+from prefect import flow, task
 
 from model_registry.store import client, configure
 from tasks.config import load_settings
@@ -188,8 +188,10 @@ def tuning_flow_fn(
     return {**summary, "run_dir": run_dir, "fingerprint": ingest["fingerprint"]}
 
 
-def tuning_flow():
-    """The `tuning` Prefect flow (built lazily so importing this module stays cheap)."""
-    from prefect import flow
+# The `tuning` Prefect flow (also the entrypoint of the work-pool deployment in infra/prefect.yaml).
+tuning = flow(name="tuning")(tuning_flow_fn)
 
-    return flow(name="tuning")(tuning_flow_fn)
+
+def tuning_flow():
+    """The `tuning` Prefect flow."""
+    return tuning

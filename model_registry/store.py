@@ -26,7 +26,8 @@ def configure(settings: Settings) -> str:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     if experiment is None:
-        location = settings.artifact_root.as_uri() if uri.startswith("sqlite:") else None
+        # a database store keeps artifacts under STEELQC_HOME; a tracking server decides for itself
+        location = None if uri.startswith(("http:", "https:", "databricks")) else settings.artifact_root.as_uri()
         experiment_id = client.create_experiment(settings.experiment, artifact_location=location)
         log.info("created MLflow experiment %s (%s) in %s", settings.experiment, experiment_id, uri)
     else:

@@ -121,6 +121,30 @@ class Settings(BaseSettings):
     )
     lock_timeout_s: float = Field(default=120.0, description="How long to wait for the registry promotion lock.")
 
+    # Servers, schedules, approval and alerts (issue 5)
+    server_host: str = Field(default="127.0.0.1", description="Where `steelqc server start` listens.")
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL server (postgresql://user@host:port/db) for the servers: one database each "
+        "(<database_prefix>_prefect, <database_prefix>_mlflow); default SQLite under STEELQC_HOME.",
+    )
+    database_prefix: str = "steelqc"
+    approval_timeout_s: int = Field(default=86_400, description="How long a run waits for an ML lead's decision.")
+    approval_poll_s: float = Field(default=5.0, description="How often a paused run checks for a decision.")
+    timezone: str = Field(default="UTC", description="Time zone of the cron schedules (IANA name).")
+    nightly_cron: str = "0 2 * * *"
+    nightly_data: Path | None = Field(
+        default=None, description="Folder the nightly retraining reads; default STEELQC_HOME/incoming."
+    )
+    alert_webhook_url: str | None = Field(
+        default=None, description="POST alerts (failed run, failed gates, awaiting approval) as JSON here."
+    )
+    alert_block: str | None = Field(
+        default=None, description="A saved Prefect notification block, 'type-slug/name' (Slack, Teams, e-mail...)."
+    )
+
     # Optuna
     optuna_storage: str | None = Field(
         default=None,
@@ -183,8 +207,19 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_uri(self) -> str:
-        """The tracking URI: the setting, else a SQLite store under ``home``."""
-        return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+        """The tracking URI: the setting, else the MLflow database of ``database_url``, else SQLite under ``home``."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        if self.database_url:
+            from tasks.services import database_for
+
+            return database_for(self.database_url, f"{self.database_prefix}_mlflow", "psycopg")
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where the nightly retraining reads its data."""
+        return self.nightly_data or self.home / "incoming"
 
     @property
     def artifact_root(self) -> Path:

@@ -1,0 +1,101 @@
+"""Deployments: what `steelqc serve` registers and runs on its schedules.
+
+* ``training-pipeline/nightly-retrain``: cron ``nightly_cron`` (``0 2 * * *``) in ``timezone``, on the data in
+  ``nightly_data`` (default ``STEELQC_HOME/incoming``), approval policy ``manual`` (an ML lead decides; the run
+  waits up to ``approval_timeout_s``), at most one run at a time.
+* ``drift-monitor/hourly`` (cron ``0 * * * *``): registered here as soon as the monitoring flow exists.
+
+Schedules carry a fixed slug, so re-deploying updates the same schedule instead of adding one, and
+``steelqc serve`` stops with ``pause_on_shutdown=False``, so stopping the serve process leaves them active.
+``infra/prefect.yaml`` holds the same deployments for work pools.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tasks.config import Settings
+
+log = logging.getLogger("flows.deployments")
+
+NIGHTLY = "nightly-retrain"
+HOURLY_DRIFT_CRON = "0 * * * *"
+
+
+def nightly_deployment(settings: Settings):
+    """The nightly retraining deployment of ``training-pipeline``."""
+    from prefect.schedules import Cron
+
+    from flows.training import training_pipeline
+
+    return training_pipeline.to_deployment(
+        name=NIGHTLY,
+        schedules=[Cron(settings.nightly_cron, timezone=settings.timezone, slug=NIGHTLY)],
+        parameters={"data": str(settings.incoming_dir.resolve()), "approval": "manual"},
+        concurrency_limit=1,
+        tags=["steelqc", "nightly"],
+        description="Nightly retraining on the newest factory images; an ML lead approves the promotion.",
+    )
+
+
+def drift_deployment(settings: Settings):
+    """``drift-monitor/hourly``, once ``flows.monitoring`` provides the drift-monitor flow (else None)."""
+    try:
+        from flows.monitoring import drift_monitor  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    from prefect.schedules import Cron
+
+    return drift_monitor.to_deployment(
+        name="hourly",
+        schedules=[Cron(HOURLY_DRIFT_CRON, timezone=settings.timezone, slug="hourly")],
+        concurrency_limit=1,
+        tags=["steelqc", "monitoring"],
+    )
+
+
+def deployments(settings: Settings) -> list:
+    """Every deployment `steelqc serve` runs."""
+    return [d for d in (nightly_deployment(settings), drift_deployment(settings)) if d is not None]
+
+
+def describe(deployment_ids: list) -> list[dict[str, Any]]:
+    """Name, id and schedules of registered deployments, as the server sees them."""
+    from prefect import get_client
+
+    out = []
+    with get_client(sync_client=True) as client:
+        for deployment_id in deployment_ids:
+            d = client.read_deployment(deployment_id)
+            flow = client.read_flow(d.flow_id)
+            out.append(
+                {
+                    "name": f"{flow.name}/{d.name}",
+                    "id": str(d.id),
+                    "parameters": d.parameters,
+                    "concurrency_limit": getattr(d, "concurrency_limit", None),
+                    "schedules": [
+                        {
+                            "cron": getattr(s.schedule, "cron", None),
+                            "timezone": getattr(s.schedule, "timezone", None),
+                            "active": s.active,
+                            "slug": getattr(s, "slug", None),
+                        }
+                        for s in d.schedules
+                    ],
+                }
+            )
+    return out
+
+
+def register(settings: Settings) -> list[dict[str, Any]]:
+    """Create or update the deployments on the Prefect server (schedules kept by slug); returns their description."""
+    return describe([d.apply() for d in deployments(settings)])
+
+
+def serve(settings: Settings) -> None:
+    """Run the deployments' schedules in this process until stopped (schedules stay active afterwards)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments(settings), pause_on_shutdown=False, print_starting_message=False)

@@ -1,0 +1,255 @@
+"""Local servers: a Prefect server (API + UI) and an MLflow tracking server, run in the background.
+
+Each server keeps ``<name>.pid`` and ``<name>.log`` under ``STEELQC_HOME/servers/``; :func:`start` returns only
+once the server answers its health check (or raises with the end of its log), :func:`stop` terminates the whole
+process group (MLflow forks workers) and waits. Storage: SQLite files under ``STEELQC_HOME`` by default; with
+``database_url`` (PostgreSQL) each service gets its own database (``<prefix>_prefect``, ``<prefix>_mlflow``),
+created on first start, because MLflow and Optuna both keep an ``alembic_version`` table and Prefect needs the
+``postgresql+asyncpg://`` driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("prefect", "mlflow")
+
+
+class ServiceError(RuntimeError):
+    """A server that would not start (its log tail is in the message) or a bad database URL."""
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """How to run one server: command, environment, where it answers."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health_url: str
+    url: str
+    storage: str
+
+
+def database_for(base_url: str, database: str, driver: str | None = None) -> str:
+    """``base_url`` (``postgresql://user@host:port/any``) pointed at ``database``, with an optional driver."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise ServiceError(f"database_url must be a postgresql:// URL, got scheme {parts.scheme!r}")
+    scheme = "postgresql" + (f"+{driver}" if driver else "")
+    return urlunsplit((scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def ensure_database(base_url: str, database: str) -> None:
+    """Create ``database`` on the server of ``base_url`` unless it exists."""
+    import psycopg
+
+    admin = database_for(base_url, urlsplit(base_url).path.lstrip("/") or "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{database}"')
+            log.info("created database %s", database)
+
+
+def _bin(name: str) -> str:
+    """An executable next to this interpreter (the venv), else on PATH."""
+    local = Path(sys.executable).with_name(name)
+    return str(local) if local.exists() else name
+
+
+def plans(
+    home: Path,
+    host: str,
+    prefect_port: int,
+    mlflow_port: int,
+    mlflow_store: str,
+    artifact_root: Path,
+    database_url: str | None = None,
+    db_prefix: str = "steelqc",
+) -> dict[str, ServicePlan]:
+    """The two servers' commands for these settings (pure: creates nothing)."""
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    prefect_home = home / "prefect"
+    prefect_db = (
+        database_for(database_url, f"{db_prefix}_prefect", "asyncpg")
+        if database_url
+        else f"sqlite+aiosqlite:///{(prefect_home / 'prefect.db').resolve()}"
+    )
+    prefect_env = {
+        **base_env,
+        "PREFECT_HOME": str(prefect_home.resolve()),
+        "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"http://{host}:{prefect_port}/api",
+    }
+    prefect_url = f"http://{host}:{prefect_port}"
+    mlflow_url = f"http://{host}:{mlflow_port}"
+    mlflow_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return {
+        "prefect": ServicePlan(
+            name="prefect",
+            argv=[_bin("prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+            env=prefect_env,
+            health_url=f"{prefect_url}/api/health",
+            url=prefect_url,
+            storage=_mask(prefect_db),
+        ),
+        "mlflow": ServicePlan(
+            name="mlflow",
+            argv=[
+                _bin("mlflow"),
+                "server",
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                mlflow_store,
+                "--artifacts-destination",
+                artifact_root.resolve().as_uri(),
+            ],
+            env=mlflow_env,
+            health_url=f"{mlflow_url}/health",
+            url=mlflow_url,
+            storage=_mask(mlflow_store),
+        ),
+    }
+
+
+def _mask(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def _paths(home: Path, name: str) -> tuple[Path, Path]:
+    folder = home / "servers"
+    return folder / f"{name}.pid", folder / f"{name}.log"
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """True when ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this very process counts as gone
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def read_pid(home: Path, name: str) -> int | None:
+    pid_file, _ = _paths(home, name)
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def status(home: Path, plan: ServicePlan) -> dict:
+    """pid, health and where the log is, for one server."""
+    pid_file, log_file = _paths(home, plan.name)
+    pid = read_pid(home, plan.name)
+    return {
+        "name": plan.name,
+        "running": pid is not None,
+        "healthy": healthy(plan.health_url, 1.0),
+        "pid": pid,
+        "url": plan.url,
+        "storage": plan.storage,
+        "log": str(log_file),
+        "pid_file": str(pid_file),
+    }
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def start(home: Path, plan: ServicePlan, timeout_s: float = 90.0) -> dict:
+    """Start ``plan`` in the background (its own session) and wait until it is healthy; idempotent."""
+    pid_file, log_file = _paths(home, plan.name)
+    pid = read_pid(home, plan.name)
+    if pid is not None and healthy(plan.health_url):
+        return {**status(home, plan), "started": False}
+    if pid is not None:
+        stop(home, plan.name)
+    if healthy(plan.health_url, 1.0):
+        raise ServiceError(f"{plan.name}: something else already answers on {plan.url} (not started by steelqc)")
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as out:
+        out.write(f"\n--- steelqc server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {plan.argv}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            plan.argv, env=plan.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout_s
+    while not healthy(plan.health_url):
+        if proc.poll() is not None:
+            pid_file.unlink(missing_ok=True)
+            raise ServiceError(f"{plan.name} exited with code {proc.returncode}; log {log_file}:\n{_tail(log_file)}")
+        if time.monotonic() > deadline:
+            stop(home, plan.name)
+            raise ServiceError(f"{plan.name} not healthy after {timeout_s:.0f} s; log {log_file}:\n{_tail(log_file)}")
+        time.sleep(0.5)
+    log.info("%s server up at %s (pid %d, log %s)", plan.name, plan.url, proc.pid, log_file)
+    return {**status(home, plan), "started": True}
+
+
+def stop(home: Path, name: str, timeout_s: float = 30.0) -> dict:
+    """SIGTERM the server's process group, SIGKILL after ``timeout_s``; removes the pid file."""
+    pid_file, _ = _paths(home, name)
+    pid = read_pid(home, name)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return {"name": name, "stopped": False, "reason": "not running"}
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = False
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        killed = True
+    pid_file.unlink(missing_ok=True)
+    log.info("%s server stopped (pid %d%s)", name, pid, ", killed" if killed else "")
+    return {"name": name, "stopped": True, "pid": pid, "killed": killed}
