@@ -60,6 +60,11 @@ def deployments(settings: Settings) -> list:
     return [d for d in (nightly_deployment(settings), drift_deployment(settings)) if d is not None]
 
 
+def _concurrency_limit(deployment: Any) -> int | None:
+    limit = getattr(deployment, "global_concurrency_limit", None)
+    return getattr(limit, "limit", None) or getattr(deployment, "concurrency_limit", None)
+
+
 def describe(deployment_ids: list) -> list[dict[str, Any]]:
     """Name, id and schedules of registered deployments, as the server sees them."""
     from prefect import get_client
@@ -74,7 +79,8 @@ def describe(deployment_ids: list) -> list[dict[str, Any]]:
                     "name": f"{flow.name}/{d.name}",
                     "id": str(d.id),
                     "parameters": d.parameters,
-                    "concurrency_limit": getattr(d, "concurrency_limit", None),
+                    "paused": d.paused,
+                    "concurrency_limit": _concurrency_limit(d),
                     "schedules": [
                         {
                             "cron": getattr(s.schedule, "cron", None),
@@ -96,6 +102,12 @@ def register(settings: Settings) -> list[dict[str, Any]]:
 
 def serve(settings: Settings) -> None:
     """Run the deployments' schedules in this process until stopped (schedules stay active afterwards)."""
+    import signal
+
     from prefect import serve as prefect_serve
 
+    def _graceful(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _graceful)  # systemd / Kubernetes stop = Ctrl-C: a clean shutdown
     prefect_serve(*deployments(settings), pause_on_shutdown=False, print_starting_message=False)

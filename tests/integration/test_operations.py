@@ -209,6 +209,7 @@ def _deployment(name: str) -> dict:
         d = client.read_deployment_by_name(name)
         return {
             "id": str(d.id),
+            "paused": d.paused,
             "schedules": [
                 {"id": str(s.id), "cron": s.schedule.cron, "timezone": s.schedule.timezone, "active": s.active}
                 for s in d.schedules
@@ -238,22 +239,25 @@ def test_serve_registers_the_nightly_schedule_and_it_survives_a_restart(
             ("0 2 * * *", "Europe/Berlin", True)
         ]
         assert nightly["parameters"]["approval"] == "manual" and nightly["concurrency_limit"] == 1
-        time.sleep(2)
+        time.sleep(3)
         assert proc.poll() is None, "serve exited"
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         proc.wait(timeout=60)
     before = _deployment("training-pipeline/nightly-retrain")
     assert [s["active"] for s in before["schedules"]] == [True], "stopping serve paused the schedule"
+    assert before["paused"] is False, "stopping serve paused the deployment"
 
     proc, _ = _serve(env)  # a restart re-deploys: same deployment, same single schedule, still active
     try:
         after = _deployment("training-pipeline/nightly-retrain")
+        time.sleep(3)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # systemd / Kubernetes stop
         proc.wait(timeout=60)
     assert after["id"] == before["id"] and after["schedules"] == before["schedules"]
-    assert _deployment("training-pipeline/nightly-retrain")["schedules"][0]["active"] is True
+    final = _deployment("training-pipeline/nightly-retrain")
+    assert final["paused"] is False and final["schedules"][0]["active"] is True
 
 
 def _server_env(home: Path) -> dict:
