@@ -33,13 +33,18 @@ def _trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str):
         run = mlflow_client.create_run(
             experiment_id,
             run_name=f"trial-{trial.number}",
-            tags={"mlflow.parentRunId": parent_run_id, "steelqc.trial": str(trial.number)},
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "steelqc.trial": str(trial.number),
+                "steelqc.trial_state": str(figures.get("state", "complete")),
+            },
         )
         for key, value in params.items():
             mlflow_client.log_param(run.info.run_id, key, value)
-        for key in ("value", "macro_f1", "critical_recall", "critical_precision", "accuracy"):
-            if isinstance(figures.get(key), int | float):
-                mlflow_client.log_metric(run.info.run_id, f"val_{key}" if key != "value" else "objective", figures[key])
+        names = {"value": "objective", "val_macro_f1": "val_macro_f1", "pruned_at_epoch": "pruned_at_epoch"}
+        for key in ("value", "macro_f1", "critical_recall", "critical_precision", "accuracy", *names):
+            if isinstance(figures.get(key), int | float) and not isinstance(figures.get(key), bool):
+                mlflow_client.log_metric(run.info.run_id, names.get(key, f"val_{key}"), figures[key])
         mlflow_client.set_terminated(run.info.run_id)
 
     return on_trial

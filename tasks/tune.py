@@ -156,6 +156,8 @@ def make_objective(
         def report(epoch: int, figures: dict) -> None:
             trial.report(float(figures["val_macro_f1"]), epoch)
             if trial.should_prune():
+                if on_trial is not None:  # pruned trials are recorded too
+                    on_trial(trial, params, {"state": "pruned", "pruned_at_epoch": epoch, **figures})
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: val macro-F1 {figures['val_macro_f1']:.4f}")
 
         result = train_model(train_df, val_df, label_space, cfg, trial_dir, on_epoch=report, progress=False)
@@ -180,7 +182,7 @@ def make_objective(
             trial.set_user_attr("excluded", f"calibrated critical precision {precision} < gate {min_precision}")
             value -= 1.0
         if on_trial is not None:
-            on_trial(trial, params, {"value": value, **figures})
+            on_trial(trial, params, {"state": "complete", "value": value, **figures})
         return value
 
     return objective

@@ -161,4 +161,38 @@ def test_train_with_tuning_nests_trials_and_uses_the_best_parameters(tiny_data: 
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary['run_id']}'"
     )
     assert len(children) == 2 and all("objective" in c.data.metrics for c in children)
+    assert {c.data.tags["steelqc.trial_state"] for c in children} == {"complete"}
     assert {"metrics", "model_version", "gates"} <= set(summary)
+
+
+def test_a_pruned_trial_is_recorded_before_it_stops(tiny_data: Path, tmp_path: Path) -> None:
+    """Pruned trials reach the trial logger (a nested MLflow run each), with the epoch they stopped at."""
+    import pandas as pd
+
+    from flows.training import train_config
+    from tasks.config import load_settings
+    from tasks.labels import LabelSpace
+    from tasks.tune import make_objective
+
+    run_dir = tmp_path / "run"
+    code, _, stderr = run("ingest", str(tiny_data), "--out", str(run_dir), "--json")
+    assert code == 0, stderr
+    code, _, stderr = run("split", str(run_dir), "--no-ledger", "--json")
+    assert code == 0, stderr
+    frames = {
+        name: pd.read_csv(run_dir / "splits" / f"{name}.csv", dtype={"image_id": str, "classes": str})
+        for name in ("train", "val")
+    }
+    ingest = json.loads((run_dir / "ingest.json").read_text())
+    label_space = LabelSpace.from_dict({"class_names": ingest["classes"], "critical_class": ingest["critical_class"]})
+    cfg = train_config(load_settings(), {"epochs": 2}, "tiny", (256, 1600)).to_dict()
+    recorded: list[tuple[int, dict]] = []
+    objective = make_objective(
+        frames["train"], frames["val"], label_space, cfg, TINY_SPACE, tmp_path / "trials", 0.95, 0.5,
+        on_trial=lambda trial, params, figures: recorded.append((trial.number, figures)),
+    )  # fmt: skip
+    # a pruner that stops every trial at its first report (macro-F1 is never above 2)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert len(recorded) == 1 and recorded[0][1]["state"] == "pruned" and recorded[0][1]["pruned_at_epoch"] == 1
