@@ -327,3 +327,59 @@ def test_servers_on_postgresql_one_database_each(tmp_path: Path) -> None:
     finally:
         _cli(env, "server", "stop")
         subprocess.run([str(script), "stop", str(cluster)], capture_output=True)
+
+
+def test_work_pool_recipe_runs_tuning_workers_on_one_study(
+    tiny_data: Path, tmp_path: Path, prefect_api: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """infra/prefect.yaml as its header says: pool, deploy, create the study, two worker runs, one process worker."""
+    import sys
+
+    import optuna
+
+    from tasks.tune import open_storage
+    from tests.integration.test_tuning import TINY_SPACE
+
+    for key, value in prefect_api.items():
+        monkeypatch.setenv(key, value)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    journal = tmp_path / "optuna.journal"
+    env = {
+        **os.environ,
+        **prefect_api,
+        "STEELQC_HOME": str(tmp_path / "home"),
+        "STEELQC_REPO": str(ROOT),
+        "STEELQC_INCOMING": str(tiny_data),
+        "STEELQC_OPTUNA_STORAGE": f"journal:{journal}",
+        "STEELQC_TUNE_SPACE": json.dumps(TINY_SPACE),
+        "STEELQC_TUNE_EPOCHS": "1",
+    }
+
+    def sh(*args: str, timeout: float = 300) -> str:
+        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"{args}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        return proc.stdout
+
+    sh(prefect, "work-pool", "create", "steelqc", "--type", "process", "--overwrite")
+    sh(prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+    first = json.loads(sh(*STEELQC, "tune", "--data", str(tiny_data), "--trials", "1", "--profile", "tiny", "--json"))
+    for _ in range(2):
+        sh(prefect, "deployment", "run", "tuning/worker", "--param", "trials=3", "--param", "profile=tiny")
+    sh(prefect, "worker", "start", "--pool", "steelqc", "--run-once", timeout=400)
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        worker = client.read_deployment_by_name("tuning/worker")
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[worker.id])))
+        nightly = client.read_deployment_by_name("training-pipeline/nightly-retrain")
+    assert len(runs) == 2 and all(r.state.is_completed() for r in runs)
+    assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 2 * * *", True)]
+    assert nightly.parameters == {"data": str(tiny_data), "approval": "manual"}
+    study = optuna.load_study(study_name=first["study_name"], storage=open_storage(f"journal:{journal}"))
+    states = [t.state for t in study.trials]
+    # both runs worked on the one study: 3 finished in total (a parallel worker may add one more), none left running
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert 3 <= sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states) <= 4
+    assert sorted(t.number for t in study.trials) == list(range(len(states)))
