@@ -109,8 +109,9 @@ def await_approval(settings: Settings, summary: dict, started_by: str, flow_run_
                 key=f"approval-{attempt}",
             )
         except FlowPauseTimeout:
-            waited = time.monotonic() - start
-            event = approval.timed_out(mlflow_client, name, version, waited_s=waited, started_by=started_by, **common)
+            event = approval.timed_out(
+                mlflow_client, name, version, waited_s=settings.approval_timeout_s, started_by=started_by, **common
+            )
             return {"promoted": False, "reason": event["reason"], "approval": {"decision": "timeout"}, "alert": alert}
         decided = {"decision": answer.decision, "reviewer": answer.reviewer, "comment": answer.comment}
         try:

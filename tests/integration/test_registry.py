@@ -133,18 +133,21 @@ def _race(home: str, version: str, barrier) -> str:
 
 
 def test_two_concurrent_promotions_leave_exactly_one_champion(store, steelqc_home: Path) -> None:
+    """Three processes race for champion: two versions that passed their gates, one that failed them."""
     settings, c = store
-    v1, v2 = new_version(settings, c, True), new_version(settings, c, True)
+    v1, v2, failed = new_version(settings, c, True), new_version(settings, c, True), new_version(settings, c, False)
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
-        barrier = manager.Barrier(2)
-        with ctx.Pool(2) as pool:
-            outcomes = pool.starmap(_race, [(str(steelqc_home), v1, barrier), (str(steelqc_home), v2, barrier)])
-    assert sorted(outcomes) == ["promoted", "refused"]
+        barrier = manager.Barrier(3)
+        with ctx.Pool(3) as pool:
+            outcomes = pool.starmap(_race, [(str(steelqc_home), v, barrier) for v in (v1, v2, failed)])
+    assert sorted(outcomes) == ["promoted", "refused", "refused"] and outcomes[2] == "refused"
     champion = alias_version(c, settings.registered_model, CHAMPION)
-    assert champion in (v1, v2)
+    assert champion in (v1, v2) and outcomes[(v1, v2).index(champion)] == "promoted"
     assert c.get_model_version(settings.registered_model, champion).tags["gates_passed"] == "true"
-    assert [e["action"] for e in history(c, settings.registered_model) if e["alias"]].count("promote") == 1
+    events = [e for e in history(c, settings.registered_model) if e["alias"] == CHAMPION]
+    assert [e["action"] for e in events].count("promote") == 1
+    assert sorted(e["action"] for e in events) == ["promote", "promote-refused", "promote-refused"]
 
 
 def test_lock_times_out_while_held(store) -> None:

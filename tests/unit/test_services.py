@@ -1,0 +1,56 @@
+"""Pure parts of the operations layer: database URLs per service, server commands, reviewer identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_registry.approval import same_identity
+from tasks.config import Settings
+from tasks.services import ServiceError, database_for, plans
+
+
+def test_one_database_per_service_with_its_driver() -> None:
+    base = "postgresql://steelqc:secret@127.0.0.1:5433/postgres?sslmode=disable"
+    assert database_for(base, "steelqc_prefect", "asyncpg") == (
+        "postgresql+asyncpg://steelqc:secret@127.0.0.1:5433/steelqc_prefect?sslmode=disable"
+    )
+    assert database_for(base, "steelqc_mlflow", "psycopg").startswith("postgresql+psycopg://")
+    with pytest.raises(ServiceError, match="postgresql"):
+        database_for("mysql://x@h/db", "steelqc_prefect")
+
+
+def test_settings_point_mlflow_at_its_own_database() -> None:
+    settings = Settings(database_url="postgresql://u@h:1/postgres")
+    assert settings.mlflow_uri == "postgresql+psycopg://u@h:1/steelqc_mlflow"
+    assert Settings(database_url="postgresql://u@h:1/postgres", tracking_uri="http://m:5000").mlflow_uri == (
+        "http://m:5000"
+    )
+    assert Settings().mlflow_uri.startswith("sqlite:///")
+
+
+def test_server_commands(tmp_path: Path) -> None:
+    p = plans(tmp_path, "127.0.0.1", 4200, 5000, "sqlite:///x.db", tmp_path / "art")
+    assert p["prefect"].argv[-5:] == ["start", "--host", "127.0.0.1", "--port", "4200"]
+    assert p["prefect"].env["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("sqlite+aiosqlite:///")
+    assert p["prefect"].health_url == "http://127.0.0.1:4200/api/health"
+    assert p["mlflow"].env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert p["mlflow"].argv[p["mlflow"].argv.index("--workers") + 1] == "1"
+    pg = plans(tmp_path, "127.0.0.1", 4200, 5000, "x", tmp_path, "postgresql://u:pw@h:1/postgres")
+    assert pg["prefect"].env["PREFECT_API_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://u:pw@h:1/steelqc_prefect"
+    assert "pw" not in pg["prefect"].storage  # what status prints is masked
+
+
+@pytest.mark.parametrize(
+    ("reviewer", "started_by", "same"),
+    [
+        ("alice", "alice", True),
+        ("Alice ", "alice@plant-3", True),
+        ("alice@plant-3", "alice", True),
+        ("bob", "alice@plant-3", False),
+        ("", "alice", False),
+    ],
+)
+def test_reviewer_identity(reviewer: str, started_by: str, same: bool) -> None:
+    assert same_identity(reviewer, started_by) is same
