@@ -8,7 +8,7 @@ STAMP := $(VENV)/.steelqc-installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv demo test lint fmt bench clean
+.PHONY: venv demo test lint fmt bench clean ui-screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# Not part of `make test`: servers + a manual-approval run + headless Chromium screenshots (see infra/).
+ui-screenshots: $(STAMP)
+	infra/ui_screenshots.sh
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
