@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/rle_decode.py
 	$(BIN)/python benchmarks/synth_speed.py
 	$(BIN)/python benchmarks/ingest_speed.py
+	$(BIN)/python benchmarks/servers.py
 
 clean:
 	rm -rf $(VENV) .steelqc .pytest_cache .ruff_cache .hypothesis

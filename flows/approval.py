@@ -32,6 +32,8 @@ class ApprovalInput(RunInput):
 
 
 def _fmt(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
 
 
