@@ -522,8 +522,7 @@ def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
             for name in names:
                 services.ensure_database(cfg.database_url, f"{cfg.database_prefix}_{name}")
         all_plans = _server_plans(cfg)
-        for name in names:
-            out[name] = services.start(cfg.home, all_plans[name])
+        out = services.start_all(cfg.home, [all_plans[name] for name in names])
     except Exception as exc:
         _fail(f"server start failed: {exc}", as_json, code=1, servers=out)
     emit({"servers": out, "ui": {"prefect": all_plans["prefect"].url, "mlflow": all_plans["mlflow"].url}}, as_json)

@@ -201,12 +201,12 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
-def start(home: Path, plan: ServicePlan, timeout_s: float = 90.0) -> dict:
-    """Start ``plan`` in the background (its own session) and wait until it is healthy; idempotent."""
+def _spawn(home: Path, plan: ServicePlan) -> subprocess.Popen | None:
+    """Launch ``plan`` in its own session unless steelqc's one already answers; None when it does."""
     pid_file, log_file = _paths(home, plan.name)
     pid = read_pid(home, plan.name)
     if pid is not None and healthy(plan.health_url):
-        return {**status(home, plan), "started": False}
+        return None
     if pid is not None:
         stop(home, plan.name)
     if healthy(plan.health_url, 1.0):
@@ -220,17 +220,48 @@ def start(home: Path, plan: ServicePlan, timeout_s: float = 90.0) -> dict:
             start_new_session=True,
         )  # fmt: skip
     pid_file.write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout_s
-    while not healthy(plan.health_url):
-        if proc.poll() is not None:
-            pid_file.unlink(missing_ok=True)
-            raise ServiceError(f"{plan.name} exited with code {proc.returncode}; log {log_file}:\n{_tail(log_file)}")
-        if time.monotonic() > deadline:
-            stop(home, plan.name)
-            raise ServiceError(f"{plan.name} not healthy after {timeout_s:.0f} s; log {log_file}:\n{_tail(log_file)}")
-        time.sleep(0.5)
-    log.info("%s server up at %s (pid %d, log %s)", plan.name, plan.url, proc.pid, log_file)
-    return {**status(home, plan), "started": True}
+    return proc
+
+
+def start_all(home: Path, plans_: list[ServicePlan], timeout_s: float = 120.0) -> dict[str, dict]:
+    """Start the servers side by side and wait until every one is healthy (idempotent).
+
+    On failure the ones started here are stopped again and :class:`ServiceError` carries the log tail.
+    """
+    launched: dict[str, subprocess.Popen] = {}
+    try:
+        for plan in plans_:
+            proc = _spawn(home, plan)
+            if proc is not None:
+                launched[plan.name] = proc
+        deadline = time.monotonic() + timeout_s
+        waiting = [p for p in plans_ if p.name in launched]
+        while waiting:
+            for plan in list(waiting):
+                proc, log_file = launched[plan.name], _paths(home, plan.name)[1]
+                if healthy(plan.health_url):
+                    log.info("%s server up at %s (pid %d, log %s)", plan.name, plan.url, proc.pid, log_file)
+                    waiting.remove(plan)
+                elif proc.poll() is not None:
+                    _paths(home, plan.name)[0].unlink(missing_ok=True)
+                    raise ServiceError(
+                        f"{plan.name} exited with code {proc.returncode}; log {log_file}:\n{_tail(log_file)}"
+                    )
+                elif time.monotonic() > deadline:
+                    raise ServiceError(
+                        f"{plan.name} not healthy after {timeout_s:.0f} s; log {log_file}:\n{_tail(log_file)}"
+                    )
+            time.sleep(0.5)
+    except Exception:
+        for name in launched:
+            stop(home, name)
+        raise
+    return {plan.name: {**status(home, plan), "started": plan.name in launched} for plan in plans_}
+
+
+def start(home: Path, plan: ServicePlan, timeout_s: float = 120.0) -> dict:
+    """Start one server and wait until it is healthy (idempotent)."""
+    return start_all(home, [plan], timeout_s)[plan.name]
 
 
 def stop(home: Path, name: str, timeout_s: float = 30.0) -> dict:
