@@ -403,12 +403,13 @@ def _alert_run_failed(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow hook (failed or crashed): raise the run-failed alert with a link to the run."""
     from flows import alerts
 
-    settings = _settings((flow_run.parameters or {}).get("settings_overrides"))
+    parameters = flow_run.parameters or {}
+    settings = _settings(parameters.get("settings_overrides"))
     alerts.notify(
         settings,
         "run-failed",
         f"{flow.name} run {flow_run.name} {state.type.value.lower()}",
-        {"message": state.message, "deployment_id": flow_run.deployment_id, "data": flow_run.parameters.get("data")},
+        {"message": state.message, "deployment_id": flow_run.deployment_id, "data": parameters.get("data")},
         str(flow_run.id),
     )
 
