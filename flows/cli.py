@@ -610,14 +610,15 @@ def demo(
     summary = _run_training(as_json, data=str(data), epochs=epochs, profile=profile, train_overrides=sizes)
     summary["demo_data"] = str(data)
     summary["next"] = {
-        "mlflow_ui": f"{sys.executable} -m mlflow ui --backend-store-uri {cfg.mlflow_uri} --port 5000",
-        "prefect_ui": "steelqc server start   (or: prefect server start) then open http://127.0.0.1:4200",
+        "servers": "steelqc server start   (Prefect UI and MLflow UI in the background; steelqc server stop)",
+        "mlflow_ui": f"http://{cfg.server_host}:{cfg.mlflow_port} (runs, plots, the registry)",
+        "prefect_ui": f"http://{cfg.server_host}:{cfg.prefect_port} (runs made while the server is up)",
         "evaluate_champion": f"steelqc evaluate --model models:/steel-defect-classifier@champion --data {data} --json",
         "history": "steelqc registry history",
     }
     emit(summary, as_json)
     if not as_json:
-        typer.echo("\nOpen the MLflow UI:  " + summary["next"]["mlflow_ui"], err=True)
+        typer.echo("\nLook at it: " + summary["next"]["servers"] + ", then " + summary["next"]["mlflow_ui"], err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
