@@ -97,7 +97,6 @@ def await_approval(settings: Settings, summary: dict, started_by: str, flow_run_
     common = {"run_id": summary["run_id"], "flow_run_id": flow_run_id, "timeout_s": settings.lock_timeout_s}
     start = time.monotonic()
     attempt = 0
-    refusals: list[str] = []
     while True:
         remaining = int(settings.approval_timeout_s - (time.monotonic() - start))
         attempt += 1
@@ -128,9 +127,7 @@ def await_approval(settings: Settings, summary: dict, started_by: str, flow_run_
                 comment=answer.comment, **common,
             )  # fmt: skip
             return {"promoted": False, "reason": event["reason"], "approval": decided, "alert": alert}
-        except approval.SelfApprovalRefused as exc:
+        except approval.ReviewerRefused as exc:
             log.warning("%s; waiting for another reviewer", exc)
-            refusals.append(str(exc))
-            continue
         except promotion.PromotionRefused as exc:
             return {"promoted": False, "reason": str(exc), "approval": {**decided, "refused": str(exc)}}

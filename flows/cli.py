@@ -61,7 +61,7 @@ def _use_local_servers() -> None:
         cfg = load_settings(_state.config)
     except Exception:  # reported by the command itself
         return
-    from tasks.services import healthy, read_pid
+    from infra.services import healthy, read_pid
 
     if read_pid(cfg.home, "prefect") is not None:
         url = f"http://{cfg.server_host}:{cfg.prefect_port}/api"
@@ -485,7 +485,7 @@ WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or m
 
 
 def _server_plans(cfg: Settings) -> dict:
-    from tasks.services import plans
+    from infra.services import plans
 
     return plans(
         cfg.home,
@@ -500,7 +500,7 @@ def _server_plans(cfg: Settings) -> dict:
 
 
 def _which(only: list[str] | None, as_json: bool) -> list[str]:
-    from tasks.services import SERVICES
+    from infra.services import SERVICES
 
     names = only or list(SERVICES)
     unknown = sorted(set(names) - set(SERVICES))
@@ -512,7 +512,7 @@ def _which(only: list[str] | None, as_json: bool) -> list[str]:
 @server.command("start")
 def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Start the servers in the background (logs and pid files under STEELQC_HOME/servers); wait until healthy."""
-    from tasks import services
+    from infra import services
 
     cfg = settings()
     names = _which(only, as_json)
@@ -531,7 +531,7 @@ def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
 @server.command("stop")
 def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Stop the servers started by `steelqc server start`."""
-    from tasks import services
+    from infra import services
 
     cfg = settings()
     emit({"servers": {name: services.stop(cfg.home, name) for name in _which(only, as_json)}}, as_json)
@@ -540,7 +540,7 @@ def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
 @server.command("status")
 def server_status(as_json: JsonOpt = False) -> None:
     """Whether each server runs and answers its health check. Exit 1 when one is down."""
-    from tasks import services
+    from infra import services
 
     cfg = settings()
     out = {name: services.status(cfg.home, plan) for name, plan in _server_plans(cfg).items()}

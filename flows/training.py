@@ -443,9 +443,10 @@ def training_pipeline(
     ingest = {**ingest, **{k: str(Path(run_dir) / Path(ingest[k]).name) for k in ("manifest", "quarantine")}}
     splits = split_step(run_dir, overrides)
     run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides)
-    client(settings).set_tag(run_id, "steelqc.started_by", started_by)
+    mlflow_client = client(settings)
+    mlflow_client.set_tag(run_id, "steelqc.started_by", started_by)
     if flow_run_id:
-        client(settings).set_tag(run_id, "steelqc.flow_run_id", flow_run_id)
+        mlflow_client.set_tag(run_id, "steelqc.flow_run_id", flow_run_id)
     tuning = None
     if tune_trials > 0:
         from flows.tuning import tune_step
@@ -464,14 +465,13 @@ def training_pipeline(
         )
         if tuning["best_params"]:
             cfg = TrainConfig.from_dict({**cfg.to_dict(), **tuning["best_params"]})
-            client(settings).log_param(run_id, "tuned_params", json.dumps(tuning["best_params"]))
+            mlflow_client.log_param(run_id, "tuned_params", json.dumps(tuning["best_params"]))
     train = train_step(run_dir, run_id, cfg.to_dict(), ingest["label_space"], resume, overrides)
     evaluation = evaluate_step(run_dir, run_id, train["best_checkpoint"], overrides)
     champion = champion_step(run_dir, ingest["label_space"], overrides)
     gates = gates_step(evaluation["metrics"], ingest["critical_class"], champion, overrides)
     version = register_step(run_dir, run_id, evaluation, train, gates, ingest["fingerprint"], overrides)
     decision = promote_step(version, run_id, gates, champion, approval, overrides)
-    mlflow_client = client(settings)
     current_aliases = promotion.aliases(mlflow_client, settings.registered_model)
     metrics = {k: v for k, v in evaluation["metrics"].items() if k not in ("predictions", "confusion_matrix")}
     summary = {

@@ -3,7 +3,7 @@
 #
 #   infra/servers.sh start|stop|status [--only prefect|mlflow] [--json]
 #
-# The same as `steelqc server ...` (tasks/services.py): pid and log files under $STEELQC_HOME/servers/, health-checked
+# The same as `steelqc server ...` (infra/services.py): pid and log files under $STEELQC_HOME/servers/, health-checked
 # before `start` returns. SQLite under $STEELQC_HOME by default; STEELQC_DATABASE_URL=postgresql://... gives each
 # service its own database (try it with infra/postgres.sh start DIR).
 set -euo pipefail

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from model_registry import promotion
 
 
-class SelfApprovalRefused(promotion.PromotionRefused):
-    """The reviewer is the identity that started the run."""
+class ReviewerRefused(promotion.PromotionRefused):
+    """This reviewer may not decide (self-approval, or no name): another reviewer can."""
 
 
 def same_identity(reviewer: str, started_by: str) -> bool:
@@ -70,8 +70,8 @@ def approve(
             extra=extra,
         )
     except promotion.PromotionRefused as exc:
-        if refusal and refusal.startswith("self-approval"):
-            raise SelfApprovalRefused(str(exc)) from exc
+        if refusal:  # the check refuses the reviewer first, before it looks at the champion
+            raise ReviewerRefused(str(exc)) from exc
         raise
 
 
@@ -96,7 +96,7 @@ def reject(
             client, name, timeout_s, action="reject-refused", alias=promotion.CHAMPION, from_version=champion,
             to_version=version, reason=refusal, actor=reviewer, run_id=run_id, **extra,
         )  # fmt: skip
-        raise SelfApprovalRefused(refusal)
+        raise ReviewerRefused(refusal)
     return promotion.record_decision(
         client, name, timeout_s, action="reject", alias=promotion.CHAMPION, from_version=champion,
         to_version=version, reason=f"rejected by {reviewer}" + (f": {comment}" if comment else ""),

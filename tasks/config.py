@@ -11,6 +11,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
@@ -169,6 +170,12 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls, init_settings))
 
     @model_validator(mode="after")
+    def _check_database_url(self) -> Settings:
+        if self.database_url:
+            database_for(self.database_url, self.database_prefix)  # raises on anything but postgresql://
+        return self
+
+    @model_validator(mode="after")
     def _check_classes(self) -> Settings:
         if self.class_names.get(0) is None:
             raise ValueError("class_names must define id 0 (the defect-free class)")
@@ -211,8 +218,6 @@ class Settings(BaseSettings):
         if self.tracking_uri:
             return self.tracking_uri
         if self.database_url:
-            from tasks.services import database_for
-
             return database_for(self.database_url, f"{self.database_prefix}_mlflow", "psycopg")
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
@@ -225,6 +230,16 @@ class Settings(BaseSettings):
     def artifact_root(self) -> Path:
         """Where a local store keeps artifacts (ignored by a remote tracking server)."""
         return (self.home / "mlartifacts").resolve()
+
+
+def database_for(base_url: str, database: str, driver: str | None = None) -> str:
+    """``base_url`` (``postgresql://user@host:port/any``) pointed at ``database``, with an optional driver."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"database_url must be a postgresql:// URL, got scheme {parts.scheme!r}")
+    scheme = "postgresql" + (f"+{driver}" if driver else "")
+    return urlunsplit((scheme, parts.netloc, f"/{database}", parts.query, ""))
 
 
 def label_priority_ids(

@@ -163,3 +163,25 @@ def test_lock_times_out_while_held(store) -> None:
         pass
     with registry_lock(c, settings.registered_model, timeout_s=1):
         pass  # released
+
+
+def test_approval_refuses_reviewers_who_may_not_decide_and_records_it(store) -> None:
+    """Self-approval and a blank reviewer are ReviewerRefused (the run asks again); a moved champion is not."""
+    from model_registry.approval import ReviewerRefused, approve, reject
+
+    settings, c = store
+    name = settings.registered_model
+    v1, v2 = new_version(settings, c, True), new_version(settings, c, True)
+    for reviewer in ("alice", "  "):
+        with pytest.raises(ReviewerRefused):
+            approve(c, name, v1, reviewer=reviewer, started_by="alice@plant", seen_champion=None)
+    with pytest.raises(ReviewerRefused):
+        reject(c, name, v1, reviewer="alice", started_by="alice@plant")
+    assert alias_version(c, name, CHAMPION) is None
+    approve(c, name, v1, reviewer="bob", started_by="alice@plant", seen_champion=None)
+    with pytest.raises(PromotionRefused) as refused:  # champion moved to v1 since the run compared with None
+        approve(c, name, v2, reviewer="bob", started_by="alice@plant", seen_champion=None)
+    assert not isinstance(refused.value, ReviewerRefused)
+    actions = [e["action"] for e in history(c, name) if e.get("alias") == CHAMPION]
+    assert actions == ["approve-refused", "approve-refused", "reject-refused", "approve", "approve-refused"]
+    assert alias_version(c, name, CHAMPION) == v1

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.services import plans
 from model_registry.approval import same_identity
-from tasks.config import Settings
-from tasks.services import ServiceError, database_for, plans
+from tasks.config import Settings, database_for
 
 
 def test_one_database_per_service_with_its_driver() -> None:
@@ -17,8 +17,10 @@ def test_one_database_per_service_with_its_driver() -> None:
         "postgresql+asyncpg://steelqc:secret@127.0.0.1:5433/steelqc_prefect?sslmode=disable"
     )
     assert database_for(base, "steelqc_mlflow", "psycopg").startswith("postgresql+psycopg://")
-    with pytest.raises(ServiceError, match="postgresql"):
+    with pytest.raises(ValueError, match="postgresql"):
         database_for("mysql://x@h/db", "steelqc_prefect")
+    with pytest.raises(ValueError, match="postgresql"):  # caught when the settings load, not when a server starts
+        Settings(database_url="mysql://x@h/db")
 
 
 def test_settings_point_mlflow_at_its_own_database() -> None:

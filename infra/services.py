@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from tasks.config import database_for
+
 log = logging.getLogger(__name__)
 
 SERVICES = ("prefect", "mlflow")
 
 
 class ServiceError(RuntimeError):
-    """A server that would not start (its log tail is in the message) or a bad database URL."""
+    """A server that would not start (its log tail is in the message)."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +43,6 @@ class ServicePlan:
     health_url: str
     url: str
     storage: str
-
-
-def database_for(base_url: str, database: str, driver: str | None = None) -> str:
-    """``base_url`` (``postgresql://user@host:port/any``) pointed at ``database``, with an optional driver."""
-    parts = urlsplit(base_url)
-    scheme = parts.scheme.split("+")[0]
-    if scheme not in ("postgresql", "postgres"):
-        raise ServiceError(f"database_url must be a postgresql:// URL, got scheme {parts.scheme!r}")
-    scheme = "postgresql" + (f"+{driver}" if driver else "")
-    return urlunsplit((scheme, parts.netloc, f"/{database}", parts.query, ""))
 
 
 def ensure_database(base_url: str, database: str) -> None:
@@ -257,11 +249,6 @@ def start_all(home: Path, plans_: list[ServicePlan], timeout_s: float = 120.0) -
             stop(home, name)
         raise
     return {plan.name: {**status(home, plan), "started": plan.name in launched} for plan in plans_}
-
-
-def start(home: Path, plan: ServicePlan, timeout_s: float = 120.0) -> dict:
-    """Start one server and wait until it is healthy (idempotent)."""
-    return start_all(home, [plan], timeout_s)[plan.name]
 
 
 def stop(home: Path, name: str, timeout_s: float = 30.0) -> dict:

@@ -1,0 +1,1 @@
+"""steelqc infra: start and stop the real services (Prefect and MLflow servers) used locally and by tests."""
