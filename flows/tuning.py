@@ -91,12 +91,12 @@ def tune_step(
     """Create the study once, run ``workers`` processes until ``trials`` finished trials, return the best."""
     from optuna.trial import TrialState
 
+    from tasks.config import mask_url
     from tasks.tune import (
         DEFAULT_SPACE,
         best_summary,
         create_study,
         finished_trials,
-        mask_url,
         open_storage,
         storage_url,
         study_name,

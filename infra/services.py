@@ -20,9 +20,9 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from tasks.config import database_for
+from tasks.config import database_for, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def plans(
             env=prefect_env,
             health_url=f"{prefect_url}/api/health",
             url=prefect_url,
-            storage=_mask(prefect_db),
+            storage=mask_url(prefect_db),
         ),
         "mlflow": ServicePlan(
             name="mlflow",
@@ -119,17 +119,9 @@ def plans(
             env=mlflow_env,
             health_url=f"{mlflow_url}/health",
             url=mlflow_url,
-            storage=_mask(mlflow_store),
+            storage=mask_url(mlflow_store),
         ),
     }
-
-
-def _mask(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
 
 
 def _paths(home: Path, name: str) -> tuple[Path, Path]:

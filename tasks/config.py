@@ -8,6 +8,7 @@ under ``STEELQC_HOME`` (default ``.steelqc/`` in the working directory).
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -240,6 +241,11 @@ def database_for(base_url: str, database: str, driver: str | None = None) -> str
         raise ValueError(f"database_url must be a postgresql:// URL, got scheme {parts.scheme!r}")
     scheme = "postgresql" + (f"+{driver}" if driver else "")
     return urlunsplit((scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def mask_url(url: str) -> str:
+    """A storage or database URL with its password masked."""
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 def label_priority_ids(

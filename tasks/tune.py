@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,11 +69,6 @@ def study_name(fingerprint: str, space: dict[str, dict[str, Any]], extra: str = 
     """Derived from the data fingerprint and the search space (and fixed training settings in ``extra``)."""
     tail = hashlib.sha256(extra.encode()).hexdigest()[:6] if extra else "base"
     return f"steelqc-{fingerprint[:12]}-{space_hash(space)}-{tail}"
-
-
-def mask_url(url: str) -> str:
-    """A storage URL with its password masked."""
-    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
 
 
 def storage_url(configured: str | None, home: Path) -> str:
