@@ -4,13 +4,21 @@ logs and progress go to stderr. Exit codes: 0 done, 1 done but nothing usable (o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+try:  # typer >= 0.26 carries its own copy of click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError
 
 from tasks.config import Settings, load_settings
 
@@ -29,6 +37,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON summary on
 class _State:
     settings: Settings | None = None
     config: Path | None = None
+    emitted: bool = False
 
 
 _state = _State()
@@ -53,8 +62,6 @@ def main(
 
 def _use_local_servers() -> None:
     """Talk to the servers `steelqc server start` runs, when they are up and nothing else is configured."""
-    import os
-
     if os.environ.get("PREFECT_API_URL"):
         return
     try:
@@ -71,16 +78,37 @@ def _use_local_servers() -> None:
 
 
 def settings(**overrides: Any) -> Settings:
-    """Settings for this invocation (YAML from --config, then env, then overrides)."""
+    """Settings for this invocation (YAML from --config, then env, then overrides); STEELQC_HOME must be usable."""
+    as_json = "--json" in sys.argv
     try:
-        return load_settings(_state.config, **overrides)
+        cfg = load_settings(_state.config, **overrides)
     except Exception as exc:  # pydantic ValidationError, missing YAML file
-        _fail(f"invalid settings: {exc}", as_json="--json" in sys.argv)
+        _fail(f"invalid settings: {exc}", as_json=as_json)
         raise  # unreachable
+    fault = unusable_dir(cfg.home)
+    if fault:
+        _fail(f"STEELQC_HOME {cfg.home}: {fault}", as_json, file=str(cfg.home), row=None)
+    return cfg
+
+
+def unusable_dir(path: Path) -> str | None:
+    """Why ``path`` cannot hold steelqc's output folders (None when it can): created when missing, must be writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return "exists and is not a directory"
+    except OSError as exc:
+        return f"cannot create it ({exc.strerror or exc})"
+    if not path.is_dir():
+        return "is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
 
 
 def emit(summary: dict, as_json: bool) -> None:
     """Print the summary: one JSON object on stdout, or a readable listing."""
+    _state.emitted = True
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         sys.stdout.flush()
@@ -93,8 +121,42 @@ def emit(summary: dict, as_json: bool) -> None:
 def _fail(message: str, as_json: bool, code: int = 2, **extra: Any) -> None:
     log.error(message)
     if as_json:
-        emit({"error": message, **extra}, True)
+        emit({"error": message, "file": None, "row": None, **extra}, True)
     raise typer.Exit(code)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The ``steelqc`` entry point: the Typer app, with every failure an exit code and, under ``--json``, one
+    JSON object ``{"error", "file", "row"}`` on stdout: usage errors (missing argument, a bad value, an unknown
+    option) and unusable paths exit 2, anything unexpected exits 1. Never a bare traceback."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+
+    def fail(message: str, code: int, file: str | None = None) -> None:
+        if as_json and not _state.emitted:
+            emit({"error": message, "file": file, "row": None}, True)
+        sys.exit(code)
+
+    try:
+        code = app(args=args, prog_name="steelqc", standalone_mode=False)
+    except UsageError as exc:
+        exc.show()
+        where = f"{exc.ctx.command_path}: " if exc.ctx else ""
+        fail(f"usage: {where}{exc.format_message()}", 2)
+    except ClickException as exc:
+        exc.show()
+        fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        fail("aborted", 130)
+    except OSError as exc:  # an output path that is a file, /proc, /dev/null, a full disk...
+        file = exc.filename if exc.filename is None else str(exc.filename)
+        message = f"{exc.strerror or type(exc).__name__}: {file}" if file else f"{type(exc).__name__}: {exc}"
+        log.error("%s", message)
+        fail(message, 2, file)
+    except Exception as exc:
+        log.exception("steelqc failed")
+        fail(f"{type(exc).__name__}: {exc}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -113,6 +175,8 @@ def synth(
     from tasks.synth import generate_dataset, parse_mix
 
     cfg = settings()
+    if fault := unusable_dir(out):
+        _fail(f"--out {out}: {fault}", as_json, file=str(out))
     try:
         summary = generate_dataset(
             out,
@@ -153,6 +217,8 @@ def ingest(
     try:
         if out is not None:
             check_out_dir(out, data)
+            if fault := unusable_dir(out):
+                _fail(f"--out {out}: {fault}", as_json, file=str(out))
         else:
             check_out_dir(cfg.runs_dir, data)
         result = run_ingest(data, cfg, fmt, critical_class)  # type: ignore[arg-type]
@@ -207,13 +273,38 @@ def split(
     )
 
 
+@contextlib.contextmanager
+def prefect_api(cfg: Settings) -> Iterator[None]:
+    """The Prefect API for a command that runs a flow: the configured or local server, else a temporary one that
+    cannot outlive this process (Prefect's own temporary server survives a ``kill -9`` of the command)."""
+    from infra.services import reap_orphans, temporary_prefect
+
+    if os.environ.get("PREFECT_API_URL"):
+        reap_orphans(cfg.home)
+        yield
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_prefect(cfg.home) as url, temporary_settings(updates={PREFECT_API_URL: url}):
+        os.environ["PREFECT_API_URL"] = url  # for worker processes this command starts
+        try:
+            yield
+        finally:
+            APILogWorker.drain_all(timeout=5)  # the run's logs and events reach the server before it stops
+            EventsWorker.drain_all(timeout=5)
+            os.environ.pop("PREFECT_API_URL", None)
+
+
 def _run_training(as_json: bool, **kwargs: Any) -> dict:
     """Run the training-pipeline flow; bad input exits 2, a failed run exits 1."""
     from flows.training import training_pipeline
     from tasks.ingest import IngestError
 
     try:
-        return training_pipeline(**kwargs)
+        with prefect_api(settings()):
+            return training_pipeline(**kwargs)
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     except ValueError as exc:  # bad option values (unknown model, profile, ...)
@@ -249,8 +340,6 @@ def train(
     if approval not in (None, "auto", "manual"):
         _fail(f"--approval must be auto or manual, not {approval!r}", as_json)
     cfg = settings()  # validate the settings before starting Prefect
-    import os
-
     if (approval or cfg.approval) == "manual" and not os.environ.get("PREFECT_API_URL"):
         _fail(
             "manual approval needs a Prefect server the reviewer can reach: run `steelqc server start` "
@@ -298,11 +387,12 @@ def tune(
     from flows.tuning import tuning_flow
     from tasks.ingest import IngestError
 
-    settings()
+    cfg = settings()
     try:
-        summary = tuning_flow()(
-            data=str(data), trials=trials, workers=workers, fmt=fmt, critical_class=critical_class, profile=profile
-        )
+        with prefect_api(cfg):
+            summary = tuning_flow()(
+                data=str(data), trials=trials, workers=workers, fmt=fmt, critical_class=critical_class, profile=profile
+            )
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     except Exception as exc:
@@ -330,22 +420,34 @@ def evaluate(
     except Exception as exc:
         _fail(f"cannot evaluate {model}: {type(exc).__name__}: {exc}", as_json)
     emit(summary, as_json)
+    if summary["n_images"] == 0:
+        log.error("no usable image in %s: nothing was scored (see %s)", data, summary["run_dir"])
+        raise typer.Exit(1)
 
 
 @app.command()
 def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files.")],
     model: Annotated[str, typer.Option("--model", help="Model URI.")] = "models:/steel-defect-classifier@champion",
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any image could not be predicted.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Batch inference: label, probabilities and the critical flag for each image."""
+    """Batch inference: label, probabilities and the critical flag for each image.
+
+    An unreadable image gets a record with ``error`` (and null label); the others are predicted (exit 0, or 1
+    under --strict)."""
     from flows.evaluation import predict_images
 
     try:
         summary = predict_images(model, paths, settings())
     except Exception as exc:
         _fail(f"cannot predict with {model}: {type(exc).__name__}: {exc}", as_json)
+    for record in summary["predictions"]:
+        if record.get("error"):
+            log.error("%s: %s", record["image"], record["error"])
     emit(summary, as_json)
+    if strict and summary["failed"]:
+        raise typer.Exit(1)
 
 
 registry = typer.Typer(help="Registry operations with an audit trail.", no_args_is_help=True)
@@ -559,8 +661,6 @@ def serve_cmd(
     Needs a Prefect server (`steelqc server start`). Stopping this process leaves the schedules active; starting
     it again (a re-deploy) keeps them.
     """
-    import os
-
     from flows import deployments
 
     cfg = settings()
@@ -622,4 +722,4 @@ def demo(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

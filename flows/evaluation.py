@@ -9,6 +9,7 @@ import pandas as pd
 from model_registry import packaging
 from model_registry.store import configure
 from tasks.config import Settings
+from tasks.datasets import read_image
 
 
 def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "auto") -> dict:
@@ -56,16 +57,38 @@ def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "a
 
 
 def predict_images(model_uri: str, paths: list[Path], settings: Settings) -> dict:
-    """One record per image: ``image``, ``label``, ``probabilities``, ``critical``."""
+    """One record per image, in the order given: ``image``, ``label``, ``probabilities``, ``critical``.
+
+    An image that cannot be read (missing, not a file, corrupt) gets ``label``, ``probabilities`` and ``critical``
+    null and an ``error``; the others are predicted as usual. ``failed`` counts those records.
+    """
     configure(settings)
     model = packaging.load(model_uri)
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
-    out = model.predict(None, pd.DataFrame({"path": [str(p) for p in paths]}))
+    errors = {str(p): fault for p in paths if (fault := unreadable_image(Path(p)))}
+    good = [str(p) for p in paths if str(p) not in errors]
+    predicted = model.predict(None, pd.DataFrame({"path": good})).to_dict(orient="records") if good else []
+    by_image = iter(predicted)
+    records = [
+        {"image": str(p), "label": None, "probabilities": None, "critical": None, "error": errors[str(p)]}
+        if str(p) in errors
+        else next(by_image)
+        for p in paths
+    ]
     return {
         "model": model_uri,
         "threshold": model.threshold,
         "critical_class": model.label_space.critical_class,
-        "predictions": out.to_dict(orient="records"),
+        "predictions": records,
+        "failed": len(errors),
     }
+
+
+def unreadable_image(path: Path) -> str | None:
+    """Why ``path`` cannot be predicted (None when it decodes), in words for the error record."""
+    if not path.is_file():
+        return "no such file" if not path.exists() else "not a regular file"
+    try:
+        read_image(path)
+    except Exception as exc:  # any decoding fault of one image is that image's error record, not the batch's
+        return f"unreadable image: {type(exc).__name__}: {exc}"
+    return None

@@ -11,13 +11,17 @@ created on first start, because MLflow and Optuna both keep an ``alembic_version
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -263,3 +267,108 @@ def stop(home: Path, name: str, timeout_s: float = 30.0) -> dict:
     pid_file.unlink(missing_ok=True)
     log.info("%s server stopped (pid %d%s)", name, pid, ", killed" if killed else "")
     return {"name": name, "stopped": True, "pid": pid, "killed": killed}
+
+
+# ------------------------------------------------------------------------------ temporary Prefect server
+
+TEMPORARY = "temporary-prefect"
+_PR_SET_PDEATHSIG = 1
+_TEMPORARY_APP = "prefect.server.api.server:create_app"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before exec: have Linux SIGTERM it when ``parent`` dies, ``kill -9`` included."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def reap_orphans(home: Path) -> list[int]:
+    """Stop temporary servers whose owning steelqc process is gone (killed before it could stop them).
+
+    Each temporary server leaves ``servers/temporary-prefect-<owner pid>.json``; a server is stopped only when its
+    owner is dead and its command line is still a Prefect server (a recycled pid is never killed).
+    """
+    reaped = []
+    for record in sorted((home / "servers").glob(f"{TEMPORARY}-*.json")):
+        try:
+            info = json.loads(record.read_text())
+            owner, pid = int(info["owner"]), int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if _alive(owner):
+            continue
+        if _alive(pid) and _TEMPORARY_APP in _cmdline(pid):
+            _stop_group(pid, 10.0)
+            log.warning("stopped temporary Prefect server pid %d left behind by dead process %d", pid, owner)
+            reaped.append(pid)
+        record.unlink(missing_ok=True)
+    return reaped
+
+
+def _stop_group(pid: int, timeout_s: float) -> None:
+    """SIGTERM the process group of ``pid``, SIGKILL after ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def temporary_prefect(home: Path, timeout_s: float = 90.0, die_with_parent: bool = True) -> Iterator[str]:
+    """A Prefect API server for the duration of one command (what Prefect's own temporary server does), that
+    cannot outlive its command: Linux stops it when the command dies (``PR_SET_PDEATHSIG``), and the next
+    command stops any that was left behind anyway (:func:`reap_orphans`). Yields the API URL.
+
+    Runs and their history live in Prefect's own database (``PREFECT_HOME``), as in Prefect's local mode.
+    """
+    reap_orphans(home)
+    folder = home / "servers"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    record, log_file = folder / f"{TEMPORARY}-{os.getpid()}.json", folder / f"{TEMPORARY}.log"
+    argv = [sys.executable, "-m", "uvicorn", "--factory", _TEMPORARY_APP, "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--log-level", "error", "--lifespan", "on"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env.update(PREFECT_UI_ENABLED="0", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    parent = os.getpid()
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=(lambda: _die_with(parent)) if die_with_parent and sys.platform == "linux" else None,
+        )  # fmt: skip
+    record.write_text(json.dumps({"pid": proc.pid, "owner": parent, "port": port}))
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not healthy(f"{url}/health", 1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"temporary Prefect server did not start; log {log_file}:\n{_tail(log_file)}")
+            time.sleep(0.2)
+        log.info("temporary Prefect server at %s (pid %d; `steelqc server start` keeps one running)", url, proc.pid)
+        yield url
+    finally:
+        _stop_group(proc.pid, 10.0)
+        with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
+        record.unlink(missing_ok=True)

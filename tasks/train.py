@@ -56,6 +56,10 @@ class ResumeError(ValueError):
     """``last.pt`` belongs to a different configuration, label space or data set."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a steelqc checkpoint); names the file."""
+
+
 # ------------------------------------------------------------------------------------------------ config
 
 
@@ -427,7 +431,7 @@ def train_model(
 
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = _resumable_state(last_path)
         _check_resume(state, cfg, label_space, digest)
         if state["stopped_early"] or state["epoch"] >= cfg.epochs:
             log.info("run in %s already finished (%d epochs): nothing to do", out_dir, state["epoch"])
@@ -549,15 +553,42 @@ def train_model(
 # ------------------------------------------------------------------------------------------------ inference
 
 
+def read_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A steelqc checkpoint's contents (``weights_only`` load: tensors and plain values, never code).
+
+    Raises :class:`CheckpointError` naming the file when it is truncated, corrupt or not a steelqc checkpoint.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle opcode, refused global, I/O error...
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: not a steelqc checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def _resumable_state(last_path: Path) -> dict[str, Any]:
+    """``last.pt`` for ``--resume``; a corrupt one is moved aside (so the next attempt starts this run's training
+    afresh) and reported with its path."""
+    try:
+        return read_checkpoint(last_path)
+    except CheckpointError as exc:
+        aside = last_path.with_name(f"{last_path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        last_path.replace(aside)
+        raise CheckpointError(
+            f"{exc}. Cannot resume from it: moved it to {aside}; run again (with or without --resume) to train "
+            "this run from the start"
+        ) from exc
+
+
 def load_model(checkpoint: Path | str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from ``best.pt``/``last.pt`` (weights_only load), in eval mode on ``device``.
 
     Metadata: ``model_name``, ``num_classes``, ``label_space`` (dict), ``input_spec`` (dict), ``cfg`` (dict),
     ``weights_used``, ``epoch`` and, for ``best.pt``, ``val_metrics``.
     """
-    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint} is not a steelqc checkpoint (format {state.get('format')!r})")
+    state = read_checkpoint(checkpoint)
     model, _ = build_model(
         state["model_name"], int(state["num_classes"]), weights="none", in_channels=state["input_spec"]["channels"]
     )

@@ -143,6 +143,46 @@ def test_champion_evaluates_and_predicts(tiny_data: Path, relaxed: Path) -> None
         assert record["critical"] == (record["label"] == "crack")
 
 
+def test_predict_reports_a_corrupt_image_and_keeps_the_others(tiny_data: Path, relaxed: Path, tmp_path: Path) -> None:
+    code, aliases, _ = run("registry", "history", "--json", home=relaxed)
+    if "champion" not in aliases.get("aliases", {}):
+        train(tiny_data, relaxed)
+    good = sorted((tiny_data / "train_images").iterdir())[:2]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good[0].read_bytes()[:300])  # a truncated JPEG
+    missing = tmp_path / "gone.jpg"
+    images = [good[0], corrupt, good[1], missing]
+    args = ["predict", "--model", "models:/steel-defect-classifier@champion", *map(str, images), "--json"]
+    code, pred, stderr = run(*args, home=relaxed)
+    assert code == 0, stderr[-3000:]
+    records = pred["predictions"]
+    assert [r["image"] for r in records] == [str(p) for p in images] and pred["failed"] == 2
+    for record in (records[0], records[2]):
+        assert record["label"] in ("ok", "crack", "scratch", "dent", "other") and not record.get("error")
+    for record in (records[1], records[3]):
+        assert record["label"] is None and record["probabilities"] is None and record["critical"] is None
+        assert record["error"]
+    assert "unreadable" in records[1]["error"] and "no such file" in records[3]["error"]
+    assert str(corrupt) in stderr
+    code, strict, _ = run(*args, "--strict", home=relaxed)
+    assert code == 1 and strict["failed"] == 2 and len(strict["predictions"]) == 4
+
+
+def test_evaluate_without_a_usable_image_exits_1(tiny_data: Path, relaxed: Path, tmp_path: Path) -> None:
+    code, aliases, _ = run("registry", "history", "--json", home=relaxed)
+    if "champion" not in aliases.get("aliases", {}):
+        train(tiny_data, relaxed)
+    data = tmp_path / "unusable"
+    (data / "train_images").mkdir(parents=True)
+    (data / "train_images" / "a.jpg").write_bytes(b"not an image")
+    (data / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    args = ["evaluate", "--model", "models:/steel-defect-classifier@champion", "--data", str(data), "--json"]
+    code, result, stderr = run(*args, home=relaxed)
+    assert code == 1, stderr[-3000:]
+    assert result["n_images"] == 0 and result["quarantined"] == 1
+    assert "no usable image" in stderr
+
+
 def test_strict_gates_keep_the_model_out_and_record_why(tiny_data: Path, tmp_path: Path) -> None:
     home = tmp_path / "strict-home"
     summary = train(tiny_data, home)

@@ -14,6 +14,7 @@ from tasks.datasets import InputSpec, class_weights
 from tasks.labels import LabelSpace
 from tasks.models import build_model
 from tasks.train import (
+    CheckpointError,
     ResumeError,
     TrainConfig,
     load_model,
@@ -158,6 +159,32 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path: Path
     assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
     steps = {int(s["step"]) for s in b["optimizer_state"]["state"].values()}
     assert steps == {16}  # 4 epochs x 4 batches: the optimizer state was carried over, not restarted
+
+
+def test_truncated_checkpoint_names_the_file_and_the_next_resume_starts_afresh(data, tmp_path: Path) -> None:
+    train_df, val_df = data
+    settings = dict(scheduler="none", max_train_batches=2)
+    first = train_model(train_df, val_df, LABELS, cfg(epochs=1, **settings), tmp_path, progress=False)
+    last = first.last_checkpoint
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a crash while writing, a full disk
+    with pytest.raises(CheckpointError) as caught:
+        train_model(train_df, val_df, LABELS, cfg(epochs=2, **settings), tmp_path, resume=True, progress=False)
+    message = str(caught.value)
+    assert str(last) in message and "unreadable checkpoint" in message and "run again" in message
+    assert not last.exists() and len(list(last.parent.glob("last.pt.corrupt-*"))) == 1
+    again = train_model(train_df, val_df, LABELS, cfg(epochs=2, **settings), tmp_path, resume=True, progress=False)
+    assert again.resumed_from_epoch == 0 and again.epochs_run == 2
+    assert torch.load(again.last_checkpoint, weights_only=True)["epoch"] == 2
+
+
+def test_loading_a_corrupt_checkpoint_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match=str(bad)):
+        load_model(bad)
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(CheckpointError, match="not a steelqc checkpoint"):
+        load_model(bad)
 
 
 def test_interrupted_run_resumes_after_the_last_finished_epoch(data, tmp_path: Path) -> None:
