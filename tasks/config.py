@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_CLASS_NAMES: dict[int, str] = {0: "ok", 1: "crack", 2: "scratch", 3: "dent", 4: "other"}
 SEVERSTAL_SHAPE: tuple[int, int] = (256, 1600)
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""Largest image file ingest reads (a 1600x256 Severstal image is under 2 MiB); larger files are quarantined unread."""
 
 
 class Gates(BaseModel):
@@ -100,6 +102,9 @@ class Settings(BaseSettings):
     image_width: int = SEVERSTAL_SHAPE[1]
     max_image_pixels: int = Field(
         default=50_000_000, description="Images with more pixels are refused (decompression bomb)."
+    )
+    max_image_bytes: int = Field(
+        default=DEFAULT_MAX_IMAGE_BYTES, gt=0, description="Image files larger than this are quarantined unread."
     )
     split: SplitFractions = Field(default_factory=SplitFractions)
     seed: int = 42

@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from tasks.imageio import decode_image
 from tasks.labels import LabelSpace
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,11 @@ def default_num_workers(device: str) -> int:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file by content (not extension) to a uint8 HxW grey array."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("L"), dtype=np.uint8).copy()
+    """Decode an image file by content (not extension) to a uint8 HxW grey array.
+
+    The one decoder of :mod:`tasks.imageio` (every mode ingest accepts, 16-bit scaled, never clipped).
+    """
+    return decode_image(path)
 
 
 def standardize(img: np.ndarray, floor: float = STD_FLOOR) -> np.ndarray:

@@ -15,15 +15,18 @@ make the whole data set unreadable (an empty CSV, a wrong header, an unknown cri
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import io
 import json
 import logging
 import os
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -31,7 +34,16 @@ from typing import Literal
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from tasks.config import Settings
+from tasks.config import DEFAULT_MAX_IMAGE_BYTES, Settings
+from tasks.imageio import (
+    NotRegularFile,
+    UnsupportedImage,
+    conversion_note,
+    file_kind,
+    image_to_array,
+    read_regular_file,
+    unsupported_mode_reason,
+)
 from tasks.rle import RLEError, parse_runs
 
 log = logging.getLogger(__name__)
@@ -41,7 +53,19 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
 NEW_HEADER = ["ImageId", "ClassId", "EncodedPixels"]
 OLD_HEADER = ["ImageId_ClassId", "EncodedPixels"]
 QUARANTINE_COLUMNS = ["file", "row", "image_id", "reason"]
-_HASH_CHUNK = 1 << 20
+OS_LITTER = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", ".gitkeep", ".gitignore", ".keep"}
+"""File names (lower case) that operating systems and tools leave in folders: skipped, logged at debug."""
+OS_LITTER_FOLDERS = {
+    ".git",
+    ".trashes",
+    ".spotlight-v100",
+    ".fseventsd",
+    ".temporaryitems",
+    ".appledouble",
+    ".ipynb_checkpoints",
+    "__macosx",
+}
+"""Folder names (lower case) of the same kind; ``._*`` AppleDouble files are litter too."""
 
 
 class IngestError(Exception):
@@ -72,6 +96,8 @@ class ImageInfo:
     width: int
     format: str
     sha256: str
+    note: str = ""
+    """Read through a symlink, 16-bit scaling, ignored alpha (joined into the manifest's note column)."""
 
 
 class ImageFault(Exception):
@@ -103,26 +129,46 @@ class IngestResult:
 # ----------------------------------------------------------------------------------------------- images
 
 
-def check_image(path: Path, expected_shape: tuple[int, int] | None, max_pixels: int) -> ImageInfo:
+def check_image(
+    path: Path, expected_shape: tuple[int, int] | None, max_pixels: int, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+) -> ImageInfo:
     """Hash and fully decode one image; raise :class:`ImageFault` with the reason when it is unusable.
 
-    The format is read from the content, never from the extension. ``expected_shape`` is (height, width).
+    Nothing but a regular file (or a symlink to one) is opened: ``lstat`` comes first, so a FIFO, socket,
+    device, folder, dangling symlink or symlink loop is refused unread, and so is a file over ``max_bytes``.
+    (Whether a symlink stays inside the data folder is :func:`scan_dir`'s check.) The format is read from the
+    content, never from the extension; the pixels are decoded by :func:`tasks.imageio.image_to_array`, the
+    decoder training and inference use, so a mode it cannot convert is refused here. ``expected_shape`` is
+    (height, width).
     """
+    entry = inspect_path(path)
+    if entry.kind != "file":
+        raise ImageFault(entry.reason)
+    if entry.size > max_bytes:
+        raise ImageFault(f"file is {entry.size} bytes, over max_image_bytes ({max_bytes}): refused unread")
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            size = 0
-            while chunk := fh.read(_HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        data = read_regular_file(path, max_bytes)
+    except NotRegularFile as exc:  # swapped for something else since the lstat
+        raise ImageFault(str(exc)) from None
     except OSError as exc:
         raise ImageFault(f"cannot read file: {exc.strerror or exc}") from None
-    if size == 0:
+    if len(data) > max_bytes:
+        raise ImageFault(f"file grew over max_image_bytes ({max_bytes}) while being read: refused")
+    if not data:
         raise ImageFault("empty file (0 bytes)")
+    height, width, fmt, note = _decode_checked(io.BytesIO(data), expected_shape, max_pixels)
+    notes = "; ".join(n for n in (entry.note, note) if n)
+    return ImageInfo(height=height, width=width, format=fmt, sha256=hashlib.sha256(data).hexdigest(), note=notes)
+
+
+def _decode_checked(
+    data: io.BytesIO, expected_shape: tuple[int, int] | None, max_pixels: int
+) -> tuple[int, int, str, str]:
+    """(height, width, format, conversion note) of image bytes, checked before and by a full decode."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(data) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageFault(
@@ -134,17 +180,22 @@ def check_image(path: Path, expected_shape: tuple[int, int] | None, max_pixels: 
                         f"wrong size {width}x{height} (width x height), expected "
                         f"{expected_shape[1]}x{expected_shape[0]}"
                     )
+                if reason := unsupported_mode_reason(image.mode):
+                    raise ImageFault(reason)
                 fmt = image.format or "unknown"
-                image.load()
+                image_to_array(image)
+                note = conversion_note(image)
     except ImageFault:
         raise
+    except UnsupportedImage as exc:
+        raise ImageFault(str(exc)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageFault(f"refused as a decompression bomb: {exc}") from None
     except UnidentifiedImageError:
         raise ImageFault("not a readable image (content matches no known image format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageFault(f"unreadable or truncated image: {exc}") from None
-    return ImageInfo(height=height, width=width, format=fmt, sha256=digest.hexdigest())
+    return height, width, fmt, note
 
 
 def _check_images(
@@ -155,7 +206,7 @@ def _check_images(
 
     def one(image_id: str) -> ImageInfo | str:
         try:
-            return check_image(paths[image_id], expected_shape, settings.max_image_pixels)
+            return check_image(paths[image_id], expected_shape, settings.max_image_pixels, settings.max_image_bytes)
         except ImageFault as exc:
             return str(exc)
 
@@ -173,6 +224,110 @@ def _extension_note(path: Path, fmt: str) -> str:
     if expected and expected != fmt:
         return f"content is {fmt}, extension .{ext}"
     return ""
+
+
+# ------------------------------------------------------------------------------------------- scanning
+
+
+@dataclass(frozen=True)
+class PathEntry:
+    """What one path is, found without opening it: a usable ``file``, a ``folder``, or ``refused`` (why)."""
+
+    kind: Literal["file", "folder", "refused"]
+    reason: str = ""
+    note: str = ""
+    size: int = 0
+
+
+def _is_inside(path: str, roots: Iterable[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def inspect_path(path: Path, roots: Iterable[Path] = ()) -> PathEntry:
+    """Classify ``path`` with ``lstat`` (and ``stat`` through a symlink); nothing is opened.
+
+    A symlink is a ``file`` only when it resolves to a regular file inside one of ``roots`` (any, when no roots
+    are given), and is noted; a symlink loop, a dangling symlink, one leading outside the roots, to a folder or
+    to a special file is ``refused``, as is a FIFO, socket or device.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return PathEntry("refused", f"cannot inspect: {exc.strerror or exc}")
+    if stat.S_ISREG(st.st_mode):
+        return PathEntry("file", size=st.st_size)
+    if stat.S_ISDIR(st.st_mode):
+        return PathEntry("folder", "folder: not a regular file, not read")
+    if not stat.S_ISLNK(st.st_mode):
+        return PathEntry("refused", f"{file_kind(st.st_mode)}: not a regular file, not read")
+    target = os.readlink(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return PathEntry("refused", f"symlink loop (through {target!r}): not read")
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return PathEntry("refused", f"dangling symlink to {target!r}: the target does not exist")
+        return PathEntry("refused", f"symlink to {target!r} cannot be followed: {exc.strerror or exc}")
+    resolved = os.path.realpath(path)
+    if roots and not _is_inside(resolved, [os.path.realpath(r) for r in roots]):
+        return PathEntry("refused", f"symlink to {target!r} resolves outside the data folder ({resolved}): not read")
+    if stat.S_ISDIR(st.st_mode):
+        return PathEntry("refused", f"symlink to a folder ({target!r}): not followed, not read")
+    if not stat.S_ISREG(st.st_mode):
+        return PathEntry("refused", f"symlink to a {file_kind(st.st_mode)} ({target!r}): not read")
+    return PathEntry("file", note=f"symlink to {target}", size=st.st_size)
+
+
+def is_os_litter(name: str, is_folder: bool) -> bool:
+    """Files and folders operating systems leave behind (``.DS_Store``, ``._*``, ``Thumbs.db``, ``__MACOSX``...)."""
+    return name.startswith("._") or name.lower() in (OS_LITTER_FOLDERS if is_folder else OS_LITTER)
+
+
+@dataclass
+class Scan:
+    """One folder's entries: usable files and real sub-folders by name, and what was refused (with why)."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
+    quarantine: list[Quarantined] = field(default_factory=list)
+
+
+def scan_dir(path: Path, root: Path, id_prefix: str | None = "") -> Scan:
+    """Sort the entries of ``path`` (one level, by name) into files, folders and quarantine, opening nothing.
+
+    Files are regular files and symlinks to regular files inside the data folder ``root`` (or inside ``path``
+    itself, e.g. a ``train_images`` that links elsewhere). Folders are real folders (a symlinked folder is not
+    followed). Refused: every other symlink and special file, and hidden entries (they would otherwise vanish
+    silently; renaming them includes them). OS litter is skipped, logged at debug. Quarantine records carry
+    ``image_id = id_prefix + name`` (no image id when ``id_prefix`` is None). A missing ``path`` scans empty.
+    """
+    scan = Scan()
+    roots = (root, path)
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", path, exc.strerror or exc)
+        return scan
+    for entry in entries:
+        item = Path(entry.path)
+        image_id = None if id_prefix is None else f"{id_prefix}{entry.name}"
+        lstat_folder = entry.is_dir(follow_symlinks=False)
+        if is_os_litter(entry.name, lstat_folder):
+            log.debug("skipping OS litter %s", item)
+            continue
+        if entry.name.startswith("."):
+            what = "hidden folder: not scanned" if lstat_folder else "hidden file: not used"
+            scan.quarantine.append(Quarantined(str(item), None, image_id, f"{what}; rename it to include it"))
+            continue
+        found = inspect_path(item, roots)
+        if found.kind == "file":
+            scan.files[entry.name] = item
+        elif found.kind == "folder":
+            scan.folders[entry.name] = item
+        else:
+            scan.quarantine.append(Quarantined(str(item), None, image_id, found.reason))
+    return scan
 
 
 # ---------------------------------------------------------------------------------------- severstal CSV
@@ -328,17 +483,7 @@ def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
     masks, first_line, quarantine, n_rows = read_severstal_csv(csv_path, defect_ids, shape)
     rejected = {q.image_id for q in quarantine if q.image_id and "duplicate row" not in q.reason}
 
-    on_disk: dict[str, Path] = {}
-    if image_dir.is_dir():
-        for entry in sorted(os.scandir(image_dir), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                quarantine.append(Quarantined(entry.path, None, None, "folder inside train_images/ (not scanned)"))
-            else:
-                on_disk[entry.name] = Path(entry.path)
-    else:
-        log.warning("%s does not exist: every row refers to a missing image", image_dir)
+    on_disk = _scan_train_images(image_dir, root, first_line, quarantine, rejected)
 
     for image_id in sorted(set(first_line) - set(on_disk) - rejected):
         quarantine.append(
@@ -370,14 +515,46 @@ def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
     return IngestResult(root, "severstal", class_names, settings.critical_class, manifest, mask_df, quarantine, n_rows)
 
 
+def _scan_train_images(
+    image_dir: Path, root: Path, first_line: dict[str, int], quarantine: list[Quarantined], rejected: set[str]
+) -> dict[str, Path]:
+    """The usable files of ``train_images/`` by name (``on_disk``); what is refused goes to ``quarantine``.
+
+    A refused entry carries the CSV row that names it, and its name joins ``rejected``, so the row is not also
+    reported as a missing image.
+    """
+    if not image_dir.is_dir():
+        if os.path.lexists(image_dir):
+            reason = inspect_path(image_dir).reason
+            quarantine.append(Quarantined(str(image_dir), None, None, f"train_images/ is not a folder: {reason}"))
+        log.warning("%s is not a readable folder: every row refers to a missing image", image_dir)
+        return {}
+    if image_dir.is_symlink():
+        log.info("%s is a symlink to %s: read", image_dir, os.path.realpath(image_dir))
+    scan = scan_dir(image_dir, root)
+    for folder in scan.folders.values():
+        quarantine.append(Quarantined(str(folder), None, None, "folder inside train_images/ (not scanned)"))
+    for record in scan.quarantine:
+        image_id = record.image_id or Path(record.file).name
+        quarantine.append(replace(record, row=first_line.get(image_id)))
+        rejected.add(image_id)
+    return scan.files
+
+
 # -------------------------------------------------------------------------------------------- folders
 
 
-def folder_classes(root: Path) -> dict[int, str]:
-    """Class map of a class-per-folder directory: ``ok`` is 0 when present, the rest 1.. alphabetically."""
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+def _not_used(scan: Scan) -> str:
+    """The top-level entries a scan refused, for an error message ("" when none)."""
+    refused = [f"{Path(q.file).name} ({q.reason})" for q in scan.quarantine]
+    return f"; not used: {'; '.join(refused)}" if refused else ""
+
+
+def _class_map(scan: Scan, root: Path) -> dict[int, str]:
+    """Class map from the real folders of a scan of ``root``: ``ok`` is 0 when present, the rest 1.."""
+    names = sorted(scan.folders)
     if not names:
-        raise IngestError("no class folders found (expected DIR/<class>/*.jpg)", root)
+        raise IngestError(f"no class folders found (expected DIR/<class>/*.jpg){_not_used(scan)}", root)
     ok = [n for n in names if n.lower() == "ok"]
     if len(ok) > 1:
         raise IngestError(f"more than one folder means 'ok': {ok}", root)
@@ -387,9 +564,36 @@ def folder_classes(root: Path) -> dict[int, str]:
     return class_names
 
 
+def folder_classes(root: Path) -> dict[int, str]:
+    """Class map of a class-per-folder directory: ``ok`` is 0 when present, the rest 1.. alphabetically.
+
+    Only real, visible folders are classes: a symlinked folder is not followed (it is quarantined by ingest).
+    """
+    return _class_map(scan_dir(root, root, id_prefix=None), root)
+
+
+def _scan_class_folder(name: str, path: Path, root: Path, quarantine: list[Quarantined]) -> dict[str, Path]:
+    """Image files of one class folder by image id (``class/file``); everything else goes to ``quarantine``."""
+    scan = scan_dir(path, root, id_prefix=f"{name}/")
+    quarantine += scan.quarantine
+    for folder in scan.folders.values():
+        quarantine.append(Quarantined(str(folder), None, None, "nested folder inside a class folder (not scanned)"))
+    images: dict[str, Path] = {}
+    for file_name, file_path in scan.files.items():
+        image_id = f"{name}/{file_name}"
+        if Path(file_name).suffix.lower() in IMAGE_EXTENSIONS:
+            images[image_id] = file_path
+        else:
+            quarantine.append(
+                Quarantined(str(file_path), None, image_id, f"not an image extension ({sorted(IMAGE_EXTENSIONS)})")
+            )
+    return images
+
+
 def ingest_folders(root: Path, settings: Settings, critical_class: str | None = None) -> IngestResult:
     """Validate a class-per-folder directory; class names come from the folders."""
-    class_names = folder_classes(root)
+    top = scan_dir(root, root, id_prefix=None)
+    class_names = _class_map(top, root)
     critical = critical_class or settings.critical_class
     defect_names = [n for cid, n in sorted(class_names.items()) if cid != 0]
     if critical not in defect_names:
@@ -398,30 +602,15 @@ def ingest_folders(root: Path, settings: Settings, critical_class: str | None = 
             "(pick one with --critical-class)",
             root,
         )
-    quarantine: list[Quarantined] = []
+    quarantine: list[Quarantined] = list(top.quarantine)
+    quarantine += [
+        Quarantined(str(p), None, None, "file outside any class folder (not used)") for p in top.files.values()
+    ]
     candidates: dict[str, Path] = {}
     labels: dict[str, int] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            quarantine.append(Quarantined(entry.path, None, None, "file outside any class folder (not used)"))
-            continue
-        cid = next(c for c, n in class_names.items() if n == entry.name)
-        for item in sorted(os.scandir(entry.path), key=lambda e: e.name):
-            if item.name.startswith("."):
-                continue
-            image_id = f"{entry.name}/{item.name}"
-            if item.is_dir():
-                quarantine.append(
-                    Quarantined(item.path, None, None, "nested folder inside a class folder (not scanned)")
-                )
-            elif Path(item.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                quarantine.append(
-                    Quarantined(item.path, None, image_id, f"not an image extension ({sorted(IMAGE_EXTENSIONS)})")
-                )
-            else:
-                candidates[image_id], labels[image_id] = Path(item.path), cid
+    for cid, name in sorted(class_names.items()):
+        for image_id, path in _scan_class_folder(name, top.folders[name], root, quarantine).items():
+            candidates[image_id], labels[image_id] = path, cid
     infos, faults = _check_images(candidates, None, settings)
     quarantine += [Quarantined(str(candidates[i]), None, i, r) for i, r in sorted(faults.items())]
     records = []
@@ -456,7 +645,7 @@ def _record(
         "width": info.width,
         "format": info.format,
         "sha256": info.sha256,
-        "note": _extension_note(path, info.format),
+        "note": "; ".join(n for n in (_extension_note(path, info.format), info.note) if n),
     }
 
 
@@ -464,9 +653,10 @@ def detect_format(root: Path) -> str:
     """``severstal`` when ``train.csv`` is present, ``folders`` when there are class folders."""
     if (root / "train.csv").exists():
         return "severstal"
-    if any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(root)):
+    scan = scan_dir(root, root, id_prefix=None)
+    if scan.folders:
         return "folders"
-    raise IngestError("cannot tell the layout: no train.csv and no class folders", root)
+    raise IngestError(f"cannot tell the layout: no train.csv and no class folders{_not_used(scan)}", root)
 
 
 def ingest(
