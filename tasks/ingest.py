@@ -14,6 +14,7 @@ make the whole data set unreadable (an empty CSV, a wrong header, an unknown cri
 
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import hashlib
@@ -21,10 +22,13 @@ import io
 import json
 import logging
 import os
+import re
 import stat
+import threading
+import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -332,6 +336,18 @@ def scan_dir(path: Path, root: Path, id_prefix: str | None = "") -> Scan:
 
 # ---------------------------------------------------------------------------------------- severstal CSV
 
+_CSV_DEFAULT_FIELD_LIMIT = 131_072  # the csv module's own default: ingest raises it when a mask needs more
+_FIELD_LIMIT_LOCK = threading.Lock()
+_ID_PREFIX_CHARS = 4096  # how much of a line the csv module refused is re-read to find its ImageId
+_LINE_BREAKS = re.compile(rb"\r\n|\r|\n")  # the CSV standard's line breaks, never U+2028, \x85, \x1c...
+_RLE_SPACE = re.compile(r"[ \t\n\r\f\v]+")  # ASCII white space: what separates the numbers of an RLE
+_RLE_TEXT = re.compile(r"[0-9 \t\n\r\f\v]*")
+_HINT_TOKEN = re.compile(r"[^\s,\"]+")
+_OTHER_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # str.splitlines() splits on them, CSV does not
+_CLASS_SUFFIX = re.compile(r"_\d+$")
+_IMAGE_SUFFIX = re.compile(r"(?:\.(?:jpe?g|png|bmp|tiff?|gif|webp))+$")
+_PATH_SEPARATOR = re.compile(r"[/\\]")
+
 
 @dataclass
 class _Row:
@@ -340,21 +356,147 @@ class _Row:
     rle: str
 
 
+@dataclass(frozen=True)
+class _Record:
+    """One CSV record: the line it starts on, the line it ends on and its fields.
+
+    ``fault`` is set when the csv module refused the record (a field over the limit); ``fields`` are then a
+    best-effort reading of the start of the line (enough for the ImageId) and ``raw`` is the line.
+    """
+
+    line: int
+    last_line: int
+    fields: list[str]
+    fault: str | None = None
+    raw: str = ""
+
+
+@dataclass
+class CsvLabels:
+    """What ``train.csv`` says, keyed by the ImageId exactly as written."""
+
+    masks: dict[str, dict[int, _Row]] = field(default_factory=dict)  # images whose rows are all valid
+    lines: dict[str, int] = field(default_factory=dict)  # every ImageId a row names -> line of its first row
+    rejected: set[str] = field(default_factory=set)  # ImageIds with a quarantined row: never labelled
+    hints: list[tuple[int, str]] = field(default_factory=list)  # (line, text) of quarantined rows
+    quarantine: list[Quarantined] = field(default_factory=list)
+    rows_read: int = 0
+
+
+def max_rle_chars(shape: tuple[int, int]) -> int:
+    """Length of the longest canonical RLE of a ``shape`` mask (single spaces, no leading zeros).
+
+    The worst case is a one-pixel run on every other pixel, placed so that the starts are as large as they can be
+    (``n, n - 2, ...``): the most runs, with the longest starts. Counted digit band by digit band, never built.
+    """
+    n = int(shape[0]) * int(shape[1])
+    if n <= 0:
+        return 0
+    runs = (n + 1) // 2
+    first = n - 2 * (runs - 1)  # the smallest start: 1 or 2
+    digits = 0
+    for width in range(1, len(str(n)) + 1):
+        low, high = max(first, 10 ** (width - 1)), min(n, 10**width - 1)
+        low += (low - first) % 2  # every start has the parity of the first
+        if low <= high:
+            digits += width * ((high - low) // 2 + 1)
+    return digits + runs + (2 * runs - 1)  # the starts, the lengths ("1") and the single spaces
+
+
+def _raise_csv_field_limit(limit: int) -> None:
+    """Raise the csv module's process-wide field limit to ``limit``; never lower it (another reader may need more)."""
+    with _FIELD_LIMIT_LOCK:
+        if csv.field_size_limit() < limit:
+            csv.field_size_limit(limit)
+
+
 def unsafe_image_id(image_id: str) -> str | None:
-    """Why an ImageId cannot name a file inside ``train_images/`` (None when it is safe)."""
-    if not image_id:
+    """Why an ImageId cannot be a file name inside ``train_images/`` (None when it can)."""
+    if not image_id.strip():
         return "empty ImageId"
     if "/" in image_id or "\\" in image_id or os.sep in image_id:
         return f"ImageId {image_id!r} holds a path separator"
-    if ".." in image_id:
-        return f"ImageId {image_id!r} holds '..'"
-    if "\x00" in image_id or image_id != image_id.strip():
-        return f"ImageId {image_id!r} holds a NUL byte or surrounding spaces"
+    if image_id.strip() in (".", ".."):
+        return f"ImageId {image_id!r} is '.' or '..'"
+    if "\x00" in image_id:
+        return f"ImageId {image_id!r} holds a NUL byte"
     return None
 
 
-def _open_csv(csv_path: Path) -> tuple[list[list[str]], str]:
-    """Read the CSV rows (with line numbers preserved as list index + 2) and tell the header kind."""
+class _LineTap:
+    """The lines of a text file, remembering the last one handed out (the csv module does not keep it)."""
+
+    def __init__(self, lines: Iterable[str]):
+        self._lines, self.last = iter(lines), ""
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self._lines)
+        return self.last
+
+
+def _leading_fields(raw: str) -> list[str]:
+    """The fields at the start of a line the csv module refused: enough to find its ImageId."""
+    try:
+        return next(csv.reader([raw[:_ID_PREFIX_CHARS]]), [])
+    except csv.Error:
+        return []
+
+
+def _not_utf8(csv_path: Path) -> IngestError:
+    """The error for a CSV that is not UTF-8, naming the line and byte of the first bad byte."""
+    data = csv_path.read_bytes()
+    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = len(_LINE_BREAKS.split(body[: exc.start]))
+        return IngestError(f"not UTF-8 text ({exc.reason} at byte {exc.start + len(data) - len(body)})", csv_path, line)
+    return IngestError("not UTF-8 text", csv_path)
+
+
+def _read_records(csv_path: Path) -> list[_Record]:
+    """Every CSV record of the file, numbered by the file's own lines.
+
+    Lines are those of the CSV standard (``\\n``, ``\\r\\n``, ``\\r``; a quoted field may hold them), never the
+    Unicode separators ``str.splitlines`` also splits on. A record is numbered by the line it starts on. A
+    one-line record the csv module refuses (a field over the limit) comes back with its fault and the reading
+    goes on at the next line; a refused record spanning several lines is an :class:`IngestError`.
+    """
+    records: list[_Record] = []
+    last = 0  # the last line read so far
+    try:
+        with csv_path.open(encoding="utf-8-sig", newline="") as fh:
+            tap = _LineTap(fh)
+            reader = csv.reader(tap)
+            while True:
+                start = last + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    last = reader.line_num
+                    if last != start:
+                        raise IngestError(
+                            f"the record starting on line {start} cannot be read ({exc}; it runs to line {last}: "
+                            "an unbalanced quote?)",
+                            csv_path,
+                            start,
+                        ) from None
+                    records.append(_Record(start, last, _leading_fields(tap.last), str(exc), tap.last))
+                    continue
+                last = reader.line_num
+                records.append(_Record(start, last, fields))
+    except UnicodeDecodeError:
+        raise _not_utf8(csv_path) from None
+    return records
+
+
+def _open_csv(csv_path: Path, field_limit: int) -> tuple[str, list[_Record]]:
+    """Read ``train.csv``: the header kind (``new`` or ``old``) and the records after the header."""
     if not csv_path.is_file():
         raise IngestError("train.csv not found", csv_path)
     if csv_path.stat().st_size == 0:
@@ -363,15 +505,11 @@ def _open_csv(csv_path: Path) -> tuple[list[list[str]], str]:
             csv_path,
             1,
         )
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", csv_path) from None
-    reader = csv.reader(text.splitlines())
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise IngestError("no header line", csv_path, 1) from None
+    _raise_csv_field_limit(field_limit)
+    records = _read_records(csv_path)
+    if not records:
+        raise IngestError("no header line", csv_path, 1)
+    header = [h.strip() for h in records[0].fields]
     if header == NEW_HEADER:
         kind = "new"
     elif header == OLD_HEADER:
@@ -382,95 +520,268 @@ def _open_csv(csv_path: Path) -> tuple[list[list[str]], str]:
             csv_path,
             1,
         )
-    return list(reader), kind
+    return kind, records[1:]
+
+
+def _check_line_breaks(record: _Record, kind: str, csv_path: Path) -> None:
+    """Refuse the file when a quoted line break sits anywhere but in an EncodedPixels field holding numbers.
+
+    Such a record most likely swallowed the rows after an unbalanced quote: those rows (and their images' labels)
+    would be lost, so the whole file is refused instead of guessing.
+    """
+    if record.last_line == record.line:
+        return
+    rle_index = 2 if kind == "new" else 1
+    for index, value in enumerate(record.fields):
+        if ("\n" in value or "\r" in value) and not (index == rle_index and _RLE_TEXT.fullmatch(value)):
+            raise IngestError(
+                f"field {index + 1} of the record starting on line {record.line} holds a line break and runs to "
+                f"line {record.last_line}; only an EncodedPixels of numbers may span lines (an unbalanced quote? "
+                "the rows it swallowed would be lost)",
+                csv_path,
+                record.line,
+            )
+
+
+def _row_image_id(fields: list[str], kind: str) -> str | None:
+    """The ImageId a (possibly malformed) row names, exactly as written; None when it names none."""
+    if not fields or not fields[0].strip():
+        return None
+    key = fields[0]
+    return key.rsplit("_", 1)[0] if kind == "old" and "_" in key else key
 
 
 def _split_row(fields: list[str], kind: str) -> tuple[str | None, str | None, str | None, str | None]:
-    """(image_id, class_text, rle, fault) of one row in either format."""
+    """(image_id, class_text, rle, fault) of one row in either format; the ImageId exactly as written."""
     want = 3 if kind == "new" else 2
+    image_id = _row_image_id(fields, kind)
     if len(fields) != want:
-        image_id = fields[0].strip() if fields else None
-        if kind == "old" and image_id and "_" in image_id:
-            image_id = image_id.rsplit("_", 1)[0]
-        return image_id or None, None, None, f"expected {want} fields, found {len(fields)}"
+        return image_id, None, None, f"expected {want} fields, found {len(fields)}"
     if kind == "new":
-        return fields[0].strip(), fields[1].strip(), fields[2].strip(), None
-    key, rle = fields[0].strip(), fields[1].strip()
-    if "_" not in key:
-        return None, None, None, f"ImageId_ClassId {key!r} has no '_' separating the class id"
-    image_id, class_text = key.rsplit("_", 1)
-    return image_id, class_text, rle, None
+        return fields[0], fields[1].strip(), fields[2].strip(), None
+    if "_" not in fields[0]:
+        return image_id, None, None, f"ImageId_ClassId {fields[0]!r} has no '_' separating the class id"
+    image_id, class_text = fields[0].rsplit("_", 1)
+    return image_id, class_text.strip(), fields[1].strip(), None
 
 
-def read_severstal_csv(
-    csv_path: Path, defect_ids: set[int], shape: tuple[int, int]
-) -> tuple[dict[str, dict[int, _Row]], dict[str, int], list[Quarantined], int]:
-    """Parse and validate ``train.csv``.
+def _other_breaks(text: str) -> str:
+    """A note naming the Unicode line separators in ``text`` that are not CSV line breaks, else ``""``."""
+    found = sorted({f"U+{ord(c):04X}" for c in text if c in _OTHER_BREAKS})
+    return f" (it holds {', '.join(found)}: not a CSV line break, rows may be glued together)" if found else ""
 
-    Returns (masks by image and class, first line of each image id seen, quarantine records, rows read).
-    An image with any bad row is quarantined as a whole and has no entry in the first mapping.
+
+def _normalise_rle(rle: str) -> str:
+    """An RLE with its numbers separated by single spaces (a quoted RLE may hold line breaks)."""
+    return _RLE_SPACE.sub(" ", rle).strip(" ")
+
+
+def _group_fault(lines_by_class: dict[int, list[int]], defect_ids: set[int]) -> str | None:
+    """What is wrong with one image's old-format group (one row per configured defect class), or None."""
+    parts = []
+    missing = sorted(defect_ids - set(lines_by_class))
+    if missing:
+        parts.append("missing ClassId " + ", ".join(map(str, missing)))
+    for class_id, lines in sorted(lines_by_class.items()):
+        if len(lines) > 1:
+            parts.append(f"repeated ClassId {class_id} (rows {', '.join(map(str, lines))})")
+    if not parts:
+        return None
+    return (
+        f"incomplete ImageId_ClassId group: {'; '.join(parts)} (this format has one row for each of the "
+        f"{len(defect_ids)} defect classes per image)"
+    )
+
+
+def read_severstal_csv(csv_path: Path, defect_ids: set[int], shape: tuple[int, int]) -> CsvLabels:
+    """Parse and validate ``train.csv`` (either format).
+
+    Rows are numbered by the file's lines (a record holding a quoted line break by the line it starts on). An
+    image with any bad row is quarantined as a whole: it is in ``rejected`` and has no entry in ``masks``.
     """
-    rows, kind = _open_csv(csv_path)
-    file = str(csv_path)
-    masks: dict[str, dict[int, _Row]] = {}
-    first_line: dict[str, int] = {}
-    bad_images: set[str] = set()
-    quarantine: list[Quarantined] = []
+    rle_limit = max_rle_chars(shape)
+    kind, records = _open_csv(csv_path, max(_CSV_DEFAULT_FIELD_LIMIT, rle_limit))
+    file, size = str(csv_path), f"{shape[1]}x{shape[0]}"
+    labels = CsvLabels()
+    groups: dict[str, dict[int, list[int]]] = {}  # old format: ImageId -> ClassId -> lines
 
-    def reject_image(image_id: str, line: int, reason: str) -> None:
-        quarantine.append(Quarantined(file, line, image_id, reason))
-        bad_images.add(image_id)
-        masks.pop(image_id, None)
+    def reject(image_id: str | None, line: int, reason: str, text: str | None = None) -> None:
+        labels.quarantine.append(Quarantined(file, line, image_id, reason))
+        if text is not None:
+            labels.hints.append((line, text))
+        if image_id is not None:
+            labels.rejected.add(image_id)
+            labels.masks.pop(image_id, None)
 
-    n_rows = 0
-    for offset, fields in enumerate(rows):
-        line = offset + 2
-        if not fields or all(not f.strip() for f in fields):
+    for record in records:
+        line, fields = record.line, record.fields
+        if record.fault is None and all(not f.strip() for f in fields):
             continue
-        n_rows += 1
+        labels.rows_read += 1
+        _check_line_breaks(record, kind, csv_path)
         image_id, class_text, rle, fault = _split_row(fields, kind)
-        if image_id is not None and (why := unsafe_image_id(image_id)):
-            quarantine.append(Quarantined(file, line, image_id, f"unsafe {why}; row skipped"))
-            continue
+        if image_id is not None:
+            labels.lines.setdefault(image_id, line)
+        if record.fault is not None:
+            fault = (
+                f"a field is longer than the CSV field limit ({record.fault}); "
+                f"the longest RLE of a {size} mask has {rle_limit} characters"
+            )
         if fault:
-            if image_id:
-                reject_image(image_id, line, f"malformed row: {fault}")
-            else:
-                quarantine.append(Quarantined(file, line, None, f"malformed row: {fault}"))
+            text = record.raw or ",".join(fields)
+            reject(image_id, line, f"malformed row: {fault}{_other_breaks(text)}", text)
             continue
         assert image_id is not None and class_text is not None and rle is not None
-        first_line.setdefault(image_id, line)
+        if why := unsafe_image_id(image_id):
+            reject(image_id, line, f"unsafe {why}; row not used", fields[0])
+            continue
         try:
             class_id = int(class_text)
         except ValueError:
-            reject_image(image_id, line, f"ClassId {class_text!r} is not an integer")
+            reject(image_id, line, f"ClassId {class_text!r} is not an integer", fields[0])
             continue
         if class_id not in defect_ids:
-            reject_image(image_id, line, f"ClassId {class_id} is not a configured defect class {sorted(defect_ids)}")
+            extra = " (an extra row in its ImageId_ClassId group)" if kind == "old" else ""
+            reject(image_id, line, f"ClassId {class_id} is not a configured defect class {sorted(defect_ids)}{extra}")
             continue
+        if kind == "old":
+            groups.setdefault(image_id, {}).setdefault(class_id, []).append(line)
+        rle = _normalise_rle(rle)
         if not rle:
             if kind == "new":
-                reject_image(
-                    image_id, line, f"empty EncodedPixels for ClassId {class_id} (this format lists masks present)"
-                )
+                reject(image_id, line, f"empty EncodedPixels for ClassId {class_id} (this format lists masks present)")
             continue  # old format: an empty mask means the class is absent
+        if len(rle) > rle_limit:
+            reject(
+                image_id,
+                line,
+                f"malformed RLE for ClassId {class_id}: {len(rle)} characters, longer than any valid {size} mask "
+                f"needs ({rle_limit})",
+            )
+            continue
         try:
             parse_runs(rle, shape)
         except RLEError as exc:
-            reject_image(image_id, line, f"malformed RLE for ClassId {class_id}: {exc}")
+            reject(image_id, line, f"malformed RLE for ClassId {class_id}: {exc}")
             continue
-        if image_id in bad_images:
+        if image_id in labels.rejected:
             continue
-        seen = masks.setdefault(image_id, {}).get(class_id)
+        seen = labels.masks.setdefault(image_id, {}).get(class_id)
         if seen is None:
-            masks[image_id][class_id] = _Row(line, class_id, rle)
+            labels.masks[image_id][class_id] = _Row(line, class_id, rle)
         elif seen.rle == rle:
-            quarantine.append(
+            labels.quarantine.append(
                 Quarantined(file, line, image_id, f"duplicate row: same ClassId {class_id} and RLE as row {seen.line}")
             )
         else:
-            reject_image(image_id, line, f"conflicting rows for ClassId {class_id}: rows {seen.line} and {line} differ")
-    return masks, first_line, quarantine, n_rows
+            reject(image_id, line, f"conflicting rows for ClassId {class_id}: rows {seen.line} and {line} differ")
+    for image_id, lines_by_class in groups.items():
+        if image_id not in labels.rejected and (why := _group_fault(lines_by_class, defect_ids)):
+            reject(image_id, labels.lines[image_id], why)
+    return labels
+
+
+# ------------------------------------------------------------------------------------ rows <-> files
+
+_NAME_STEPS: list[tuple[str, Callable[[str], str]]] = [
+    ("surrounding white space", str.strip),
+    ("invisible character", lambda s: "".join(c for c in s if unicodedata.category(c) != "Cf")),
+    ("Unicode form", lambda s: unicodedata.normalize("NFKC", s)),
+    ("path prefix", lambda s: _PATH_SEPARATOR.split(s)[-1].strip()),
+    ("letter case", lambda s: unicodedata.normalize("NFKC", s.casefold())),
+]
+_LOOSE_STEPS: list[tuple[str, Callable[[str], str]]] = [
+    ("ClassId suffix", lambda s: _CLASS_SUFFIX.sub("", s)),
+    ("extension", lambda s: _IMAGE_SUFFIX.sub("", s)),
+]
+
+
+def normalise_name(name: str) -> str:
+    """A file name with white space, invisible characters, Unicode form (NFKC), path prefix and case ignored."""
+    for _, step in _NAME_STEPS:
+        name = step(name)
+    return name
+
+
+def _name_keys(name: str) -> tuple[set[str], set[str]]:
+    """(full, loose) keys of a row's ImageId: normalised, also without a ``_ClassId`` suffix; loose: no extension."""
+    full = normalise_name(name)
+    keys = {full, _CLASS_SUFFIX.sub("", full)}
+    return keys - {""}, {_IMAGE_SUFFIX.sub("", k) for k in keys} - {""}
+
+
+def spelling_difference(row_id: str, file_name: str) -> str:
+    """What separates a row's ImageId from a file name: the normalising steps that bring them together."""
+    found = []
+    a, b = row_id, file_name
+    for label, step in (*_NAME_STEPS, *_LOOSE_STEPS):
+        if a == b:
+            break
+        new_a, new_b = step(a), step(b)
+        if (new_a, new_b) != (a, b):
+            found.append(label)
+        a, b = new_a, new_b
+    return ", ".join(found) or "spelling"
+
+
+def _file_index(on_disk: dict[str, Path]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """File names by their normalised name (full) and by that name without an image extension (loose)."""
+    full: dict[str, set[str]] = {}
+    loose: dict[str, set[str]] = {}
+    for name in on_disk:
+        key = normalise_name(name)
+        full.setdefault(key, set()).add(name)
+        loose.setdefault(_IMAGE_SUFFIX.sub("", key), set()).add(name)
+    return full, loose
+
+
+def _listing(items: list[str], most: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c and N more``."""
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def match_rows_to_files(
+    labels: CsvLabels, on_disk: dict[str, Path], image_dir: Path
+) -> tuple[dict[str, Path], list[Quarantined]]:
+    """The files that may be labelled from the CSV, and the quarantine records for rows and files that may not.
+
+    A row belongs to the file its ImageId names exactly. A row naming no file exactly is matched again after
+    :func:`normalise_name` (and without a ``_ClassId`` suffix or an image extension): every file it then matches
+    is quarantined, naming both spellings, since its label cannot be known for sure; a row matching no file is a
+    missing image. A file named by a quarantined row (exactly, after normalising, or anywhere inside a malformed
+    row) stays out of the manifest too.
+    """
+    full_index, loose_index = _file_index(on_disk)
+    excluded = {i for i in labels.rejected if i in on_disk}  # their row-level record already names them
+    spelled: dict[str, list[tuple[int, str]]] = {}  # file -> (line, "'row id' (difference)")
+    inside: dict[str, list[tuple[int, str]]] = {}  # file -> (line, token of a quarantined row naming it)
+    records: list[Quarantined] = []
+    for image_id, line in sorted(labels.lines.items(), key=lambda item: (item[1], item[0])):
+        if image_id in on_disk:
+            continue
+        full, loose = _name_keys(image_id)
+        matches = set().union(*(full_index.get(k, ()) for k in full), *(loose_index.get(k, ()) for k in loose))
+        for name in matches:
+            spelled.setdefault(name, []).append((line, f"{image_id!r} ({spelling_difference(image_id, name)})"))
+        if not matches and image_id not in labels.rejected:
+            records.append(Quarantined(str(image_dir / image_id), line, image_id, "missing image: file not found"))
+    for line, text in labels.hints:
+        for token in sorted({t for t in _HINT_TOKEN.findall(text) if not t.isdigit()} - labels.rejected):
+            for name in set().union(*(full_index.get(k, ()) for k in _name_keys(token)[0])):
+                inside.setdefault(name, []).append((line, repr(token)))
+    for name in sorted((set(spelled) | set(inside)) - excluded):
+        parts = []
+        if name in spelled:
+            rows = [f"row {line} {text}" for line, text in sorted(set(spelled[name]))]
+            parts.append(f"ImageId spelled differently in train.csv: {_listing(rows)} for file {name!r}")
+        if name in inside:
+            rows = [f"row {line} ({text})" for line, text in sorted(set(inside[name]))]
+            parts.append(f"named inside quarantined {_listing(rows)} of train.csv")
+        first = min(line for line, _ in spelled.get(name, []) + inside.get(name, []))
+        reason = "; ".join(parts) + "; its label cannot be known for sure"
+        records.append(Quarantined(str(on_disk[name]), first, name, reason))
+    candidates = {n: p for n, p in on_disk.items() if n not in excluded and n not in spelled and n not in inside}
+    return candidates, records
 
 
 def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
@@ -480,18 +791,13 @@ def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
     class_names = dict(settings.class_names)
     defect_ids = {cid for cid in class_names if cid != 0}
     shape = settings.image_shape
-    masks, first_line, quarantine, n_rows = read_severstal_csv(csv_path, defect_ids, shape)
-    rejected = {q.image_id for q in quarantine if q.image_id and "duplicate row" not in q.reason}
+    labels = read_severstal_csv(csv_path, defect_ids, shape)
+    masks, first_line, quarantine = labels.masks, labels.lines, labels.quarantine
 
-    on_disk = _scan_train_images(image_dir, root, first_line, quarantine, rejected)
+    on_disk = _scan_train_images(image_dir, root, first_line, quarantine, labels.rejected)
 
-    for image_id in sorted(set(first_line) - set(on_disk) - rejected):
-        quarantine.append(
-            Quarantined(str(image_dir / image_id), first_line[image_id], image_id, "missing image: file not found")
-        )
-        rejected.add(image_id)
-
-    candidates = {i: p for i, p in on_disk.items() if i not in rejected}
+    candidates, unmatched = match_rows_to_files(labels, on_disk, image_dir)
+    quarantine += unmatched
     infos, faults = _check_images(candidates, shape, settings)
     for image_id, reason in sorted(faults.items()):
         quarantine.append(Quarantined(str(candidates[image_id]), first_line.get(image_id), image_id, reason))
@@ -512,7 +818,9 @@ def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
         ]
     manifest = pd.DataFrame.from_records(records, columns=_manifest_columns(class_names, with_pixels=True))
     mask_df = pd.DataFrame.from_records(mask_rows, columns=["image_id", "class_id", "encoded_pixels"])
-    return IngestResult(root, "severstal", class_names, settings.critical_class, manifest, mask_df, quarantine, n_rows)
+    return IngestResult(
+        root, "severstal", class_names, settings.critical_class, manifest, mask_df, quarantine, labels.rows_read
+    )
 
 
 def _scan_train_images(
