@@ -375,6 +375,7 @@ class _Record:
 class CsvLabels:
     """What ``train.csv`` says, keyed by the ImageId exactly as written."""
 
+    kind: str = "new"  # header kind: "new" (ImageId,ClassId,...) or "old" (ImageId_ClassId,...)
     masks: dict[str, dict[int, _Row]] = field(default_factory=dict)  # images whose rows are all valid
     lines: dict[str, int] = field(default_factory=dict)  # every ImageId a row names -> line of its first row
     rejected: set[str] = field(default_factory=set)  # ImageIds with a quarantined row: never labelled
@@ -602,7 +603,7 @@ def read_severstal_csv(csv_path: Path, defect_ids: set[int], shape: tuple[int, i
     rle_limit = max_rle_chars(shape)
     kind, records = _open_csv(csv_path, max(_CSV_DEFAULT_FIELD_LIMIT, rle_limit))
     file, size = str(csv_path), f"{shape[1]}x{shape[0]}"
-    labels = CsvLabels()
+    labels = CsvLabels(kind=kind)
     groups: dict[str, dict[int, list[int]]] = {}  # old format: ImageId -> ClassId -> lines
 
     def reject(image_id: str | None, line: int, reason: str, text: str | None = None) -> None:
@@ -748,8 +749,10 @@ def match_rows_to_files(
     A row belongs to the file its ImageId names exactly. A row naming no file exactly is matched again after
     :func:`normalise_name` (and without a ``_ClassId`` suffix or an image extension): every file it then matches
     is quarantined, naming both spellings, since its label cannot be known for sure; a row matching no file is a
-    missing image. A file named by a quarantined row (exactly, after normalising, or anywhere inside a malformed
-    row) stays out of the manifest too.
+    missing image. A row naming a file exactly also quarantines the other files whose names normalise to the same
+    (``a.jpg`` and ``A.JPG`` side by side): which of them it means cannot be known for sure. A file named by a
+    quarantined row (exactly, after normalising, or anywhere inside a malformed row) stays out of the manifest
+    too, and so does, in the old format, a file no row names.
     """
     full_index, loose_index = _file_index(on_disk)
     excluded = {i for i in labels.rejected if i in on_disk}  # their row-level record already names them
@@ -757,13 +760,14 @@ def match_rows_to_files(
     inside: dict[str, list[tuple[int, str]]] = {}  # file -> (line, token of a quarantined row naming it)
     records: list[Quarantined] = []
     for image_id, line in sorted(labels.lines.items(), key=lambda item: (item[1], item[0])):
-        if image_id in on_disk:
-            continue
         full, loose = _name_keys(image_id)
-        matches = set().union(*(full_index.get(k, ()) for k in full), *(loose_index.get(k, ()) for k in loose))
+        if image_id in on_disk:  # its own file; another file whose name normalises the same is ambiguous
+            matches = set().union(*(full_index.get(k, ()) for k in full)) - {image_id}
+        else:
+            matches = set().union(*(full_index.get(k, ()) for k in full), *(loose_index.get(k, ()) for k in loose))
         for name in matches:
             spelled.setdefault(name, []).append((line, f"{image_id!r} ({spelling_difference(image_id, name)})"))
-        if not matches and image_id not in labels.rejected:
+        if not matches and image_id not in on_disk and image_id not in labels.rejected:
             records.append(Quarantined(str(image_dir / image_id), line, image_id, "missing image: file not found"))
     for line, text in labels.hints:
         for token in sorted({t for t in _HINT_TOKEN.findall(text) if not t.isdigit()} - labels.rejected):
@@ -781,6 +785,13 @@ def match_rows_to_files(
         reason = "; ".join(parts) + "; its label cannot be known for sure"
         records.append(Quarantined(str(on_disk[name]), first, name, reason))
     candidates = {n: p for n, p in on_disk.items() if n not in excluded and n not in spelled and n not in inside}
+    if labels.kind == "old":  # this format lists every image, OK ones with empty masks: no row means no label
+        for name in sorted(set(candidates) - set(labels.lines)):
+            reason = (
+                "not listed in train.csv: the ImageId_ClassId format has a row for every defect class of every "
+                "image (empty EncodedPixels when absent), so an image with no row has no known label"
+            )
+            records.append(Quarantined(str(candidates.pop(name)), None, name, reason))
     return candidates, records
 
 

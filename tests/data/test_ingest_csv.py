@@ -175,8 +175,7 @@ def test_a_quoted_rle_holding_line_breaks_is_one_field_and_lines_are_file_lines(
     text = NEW + 'a.jpg,1,"1 5\n20 5\n40 5"\nb.jpg,3,3 3\nbad.jpg,9,1 5\n'
     root = make_set(tmp_path / "d", ["a.jpg", "b.jpg", "bad.jpg"], text.replace("\n", newline))
     result = ingest(root, tiny_settings())
-    manifest, reasons = outcome(result)
-    assert manifest == {"a.jpg": "1", "b.jpg": "3"}
+    assert outcome(result)[0] == {"a.jpg": "1", "b.jpg": "3"}
     masks = result.masks.set_index("image_id")
     assert masks.loc["a.jpg", "encoded_pixels"] == "1 5 20 5 40 5"
     assert result.manifest.set_index("image_id").loc["a.jpg", "pixels_crack"] == 15
@@ -290,3 +289,10 @@ def test_a_too_long_rle_for_a_tiny_shape_is_quarantined(tmp_path: Path) -> None:
     root = make_set(tmp_path / "d", ["a.jpg", "b.jpg"], f"{NEW}a.jpg,1,{padded}\nb.jpg,1,1 5\n")
     manifest, reasons = outcome(ingest(root, tiny_settings()))
     assert manifest == {"b.jpg": "1"} and "longer than" in reasons["a.jpg"]
+
+
+def test_an_image_with_no_row_in_the_old_format_is_not_ok(tmp_path: Path) -> None:
+    # The old format lists OK images too (four empty rows): an image with no row at all has no known label.
+    root = make_set(tmp_path / "d", ["listed.jpg", "unlisted.jpg"], OLD + _old_ok("listed.jpg"))
+    manifest, reasons = outcome(ingest(root, tiny_settings()))
+    assert manifest == {"listed.jpg": ""} and "not listed in train.csv" in reasons["unlisted.jpg"]
