@@ -296,3 +296,20 @@ def test_an_image_with_no_row_in_the_old_format_is_not_ok(tmp_path: Path) -> Non
     root = make_set(tmp_path / "d", ["listed.jpg", "unlisted.jpg"], OLD + _old_ok("listed.jpg"))
     manifest, reasons = outcome(ingest(root, tiny_settings()))
     assert manifest == {"listed.jpg": ""} and "not listed in train.csv" in reasons["unlisted.jpg"]
+
+
+def test_a_multi_line_field_over_the_limit_is_a_whole_file_error(tmp_path: Path) -> None:
+    shape = (256, 1600)
+    spread = "1 1\n" * (max_rle_chars(shape) // 4 + 10)  # a quoted field over the limit, across many lines
+    root = make_set(tmp_path / "d", ["a.jpg"], f'{NEW}b.jpg,3,1 5\na.jpg,1,"{spread}"\n', shape)
+    with pytest.raises(IngestError, match="starting on line 3 cannot be read") as info:
+        ingest(root, Settings())
+    assert info.value.file.endswith("train.csv") and info.value.row == 3
+
+
+def test_files_whose_names_normalise_the_same_are_ambiguous_for_a_row(tmp_path: Path) -> None:
+    # a.jpg has its exact row; A.JPG matches that row only after normalising: the row may have meant it.
+    root = make_set(tmp_path / "d", ["a.jpg", "A.JPG", "a.png"], f"{NEW}a.jpg,1,1 5\n")
+    manifest, reasons = outcome(ingest(root, tiny_settings()))
+    assert manifest == {"a.jpg": "1", "a.png": ""}  # another extension is another image when the row is exact
+    assert "'a.jpg' (letter case)" in reasons["A.JPG"]
