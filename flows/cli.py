@@ -581,6 +581,30 @@ def registry_rollback(
     emit({"event": event, "aliases": promotion.aliases(c, cfg.registered_model)}, as_json)
 
 
+@registry.command("repackage")
+def registry_repackage(
+    version: Annotated[str | None, typer.Argument(help="Version to repackage (default: every old-format one).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild old-format versions (pickled python_model.pkl) from their weight files, never unpickling them, as new
+    versions with hash tags; their aliases follow (audited). Exit 1 when one could not be repackaged."""
+    from model_registry import packaging, promotion
+
+    cfg, c = _registry_client()
+    name, timeout = cfg.registered_model, cfg.lock_timeout_s
+    try:
+        results = (
+            [packaging.repackage(c, name, version, timeout)] if version else packaging.repackage_all(c, name, timeout)
+        )
+    except (packaging.UnsafeModel, promotion.PromotionRefused, promotion.LockTimeout) as exc:
+        _fail(str(exc), as_json, code=1)
+    except Exception as exc:
+        _fail(f"cannot repackage version {version}: {type(exc).__name__}: {exc}", as_json)
+    emit({"repackaged": results, "aliases": promotion.aliases(c, name)}, as_json)
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
+
+
 server = typer.Typer(help="Local Prefect (UI on :4200) and MLflow (:5000) servers.", no_args_is_help=True)
 app.add_typer(server, name="server")
 WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or mlflow (default both).")]

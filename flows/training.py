@@ -296,7 +296,8 @@ def gates_step(metrics: dict, critical_class: str, champion: dict | None, settin
 def register_step(
     run_dir: str, run_id: str, evaluation: dict, train: dict, gates: dict, fingerprint: str, settings_overrides: dict
 ) -> str:
-    """Log the pyfunc model into the run and register it (once per run: retries reuse the version)."""
+    """Log the pyfunc model into the run and register it with the SHA-256 of its weights and bundle.json as tags
+    (once per run: retries reuse the version)."""
     from tasks.runs import code_version, read_state, write_state
 
     settings = _settings(settings_overrides)
@@ -304,8 +305,8 @@ def register_step(
     mlflow_client = client(settings)
     name = settings.registered_model
     state = read_state(Path(run_dir))
-    model_uri = state.get("model_uri")
-    if not model_uri:
+    model_uri, integrity = state.get("model_uri"), state.get("model_integrity")
+    if not model_uri or not integrity:  # a model logged before weights were hashed is logged again, safely
         bundle = packaging.make_bundle(
             evaluation["architecture"],
             LabelSpace.from_dict(evaluation["label_space"]),
@@ -315,9 +316,11 @@ def register_step(
             fingerprint=fingerprint,
         )
         with mlflow.start_run(run_id=run_id):
-            model_uri = packaging.log_pyfunc(Path(train["best_checkpoint"]), bundle)
-        write_state(Path(run_dir), model_uri=model_uri)
+            packaged = packaging.log_pyfunc(Path(train["best_checkpoint"]), bundle)
+        model_uri, integrity = packaged.uri, packaged.tags()
+        write_state(Path(run_dir), model_uri=model_uri, model_integrity=integrity)
     tags = {
+        **integrity,
         "gates_passed": "true" if gates["passed"] else "false",
         "gates": json.dumps({k: v for k, v in gates.items() if isinstance(v, dict)}, default=str)[:4900],
         "gates_reason": gates["reason"],

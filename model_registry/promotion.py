@@ -35,6 +35,7 @@ LOCK_SUFFIX = ".promotion-lock"
 AUDIT_PREFIX = "audit/"
 STALE_LOCK_S = 600.0
 PROMOTING_ACTIONS = ("promote", "approve", "rollback")
+SUPERSEDED_BY = "superseded_by"  # version tag: the version this one was repackaged as (model_registry.packaging)
 
 
 class PromotionRefused(RuntimeError):
@@ -157,18 +158,27 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
 
 def register_version(
-    client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str], timeout_s: float = 120.0
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    tags: dict[str, str],
+    timeout_s: float = 120.0,
+    *,
+    reason: str = "new version from training run",
+    existing: str | None = None,
 ) -> tuple[ModelVersion, bool]:
     """Register ``model_uri`` as a version of ``name``, once per training run (a retry returns the same version).
 
+    ``existing``: the search filter of a version that makes this one a retry (default: one from the same run).
     Returns (version, created).
     """
     ensure_registered_model(client, name)
     with registry_lock(client, name, timeout_s):
-        existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-        if existing:
-            version = min(existing, key=lambda v: int(v.version))
-            log.info("run %s already registered as %s v%s", run_id, name, version.version)
+        found = client.search_model_versions(existing or f"name='{name}' and run_id='{run_id}'")
+        if found:
+            version = min(found, key=lambda v: int(v.version))
+            log.info("%s already registered as %s v%s", existing or f"run {run_id}", name, version.version)
             return version, False
         version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
         _record(
@@ -179,7 +189,7 @@ def register_version(
                 "alias": None,
                 "from_version": None,
                 "to_version": str(version.version),
-                "reason": "new version from training run",
+                "reason": reason,
                 "actor": actor(),
                 "run_id": run_id,
             },
@@ -245,16 +255,27 @@ def move_alias(
             raise
 
 
+def _current_form(client: MlflowClient, name: str, version: str) -> str:
+    """``version``, or the version it was repackaged as (its ``superseded_by`` tag, followed to the end)."""
+    seen = {version}
+    while (successor := client.get_model_version(name, version).tags.get(SUPERSEDED_BY)) and successor not in seen:
+        seen.add(successor)
+        version = successor
+    return version
+
+
 def rollback(client: MlflowClient, name: str, reason: str = "rollback", who: str | None = None) -> dict:
-    """Point ``champion`` back at the last earlier champion that passed its gates."""
+    """Point ``champion`` back at the last earlier champion that passed its gates (a repackaged one as its
+    repackaged version)."""
     current = alias_version(client, name, CHAMPION)
-    earlier = [
+    champions = [
         e["to_version"]
         for e in history(client, name)
-        if e.get("alias") == CHAMPION and e.get("action") in PROMOTING_ACTIONS and e["to_version"] != current
+        if e.get("alias") == CHAMPION and e.get("action") in PROMOTING_ACTIONS
     ]
-    for version in reversed(earlier):
-        if gates_passed(client, name, version):
+    for earlier in reversed(champions):
+        version = _current_form(client, name, earlier)
+        if version != current and gates_passed(client, name, version):
             return move_alias(
                 client,
                 name,
