@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.config import Settings
-from tasks.ingest import ingest
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.ingest import ingest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

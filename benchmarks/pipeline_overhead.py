@@ -47,12 +47,18 @@ def main() -> None:
     import pandas as pd
     from prefect import flow
 
-    from flows.training import ingest_step, run_folder_step, split_step, start_run_step, train_config, train_step
-    from tasks.config import load_settings
-    from tasks.labels import LabelSpace
-    from tasks.runs import write_state
-    from tasks.synth import generate_dataset
-    from tasks.train import TrainConfig, train_model
+    from steelqc.flows.training import (
+        ingest_step,
+        run_folder_step,
+        split_step,
+        start_run_step,
+        train_step,
+    )
+    from steelqc.tasks.config import load_settings
+    from steelqc.tasks.data.labels import LabelSpace
+    from steelqc.tasks.data.synth import generate_dataset
+    from steelqc.tasks.model.train import TrainConfig, resolve_config, train_model
+    from steelqc.tasks.runs import write_state
 
     data = work / "data"
     generate_dataset(data, n_images=args.n_images, seed=7, mix={0: 0.3, 1: 0.2, 2: 0.15, 3: 0.2, 4: 0.15})
@@ -67,7 +73,7 @@ def main() -> None:
         "patience": args.epochs,
         "num_workers": 0,
     }
-    cfg = train_config(settings, overrides)
+    cfg = resolve_config(settings, overrides)
     run_dir = run_folder_step.fn(ingest, cfg.fingerprint(), False, {})
     split_step.fn(run_dir, {})
     splits = Path(run_dir) / "splits"

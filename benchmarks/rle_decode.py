@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.rle import rle_decode
+from steelqc.tasks.data.rle import rle_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "severstal-official" / "train.csv"

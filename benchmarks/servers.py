@@ -65,7 +65,7 @@ def _paused_flow(box: dict):
     from prefect.context import FlowRunContext
     from prefect.flow_runs import pause_flow_run
 
-    from flows.approval import ApprovalInput
+    from steelqc.flows.approval import ApprovalInput
 
     @flow(name="bench-approval")
     def paused() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.synth import generate_dataset
+from steelqc.tasks.data.synth import generate_dataset
 
 TARGET_IMAGES_PER_SECOND = 20.0
 log = logging.getLogger("synth_speed")

@@ -29,10 +29,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.datasets import InputSpec, ManifestDataset, make_loader
-from tasks.labels import LabelSpace
-from tasks.models import MODEL_NAMES, build_model, count_parameters, set_train_mode
-from tasks.train import autocast_context, select_device, to_device, train_step
+from steelqc.tasks.data.datasets import InputSpec, ManifestDataset, make_loader
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.model.inference import autocast_context, select_device, to_device
+from steelqc.tasks.model.models import MODEL_NAMES, build_model, count_parameters, set_train_mode
+from steelqc.tasks.model.train import train_step
 
 log = logging.getLogger("train_throughput")
 LABELS = LabelSpace({0: "ok", 1: "crack", 2: "scratch", 3: "dent", 4: "other"}, "crack")

@@ -42,8 +42,8 @@ def main() -> None:
 
     from prefect import flow
 
-    from flows.tuning import tuning_flow_fn
-    from tasks.synth import generate_dataset
+    from steelqc.flows.tuning import tuning_flow_fn
+    from steelqc.tasks.data.synth import generate_dataset
 
     data = work / "data"
     generate_dataset(data, n_images=args.n_images, seed=11, mix={0: 0.3, 1: 0.2, 2: 0.15, 3: 0.2, 4: 0.15})

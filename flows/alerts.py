@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tasks.config import Settings
+from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.alerts")
 

@@ -16,7 +16,7 @@ from typing import Literal
 from prefect.input import RunInput
 from pydantic import Field
 
-from tasks.config import Settings
+from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.approval")
 
@@ -77,9 +77,9 @@ def await_approval(settings: Settings, summary: dict, started_by: str, flow_run_
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
-    from flows import alerts
-    from model_registry import approval, promotion
-    from model_registry.store import client
+    from steelqc.flows import alerts
+    from steelqc.model_registry import approval, promotion
+    from steelqc.model_registry.store import client
 
     mlflow_client = client(settings)
     name, version = settings.registered_model, str(summary["model_version"])

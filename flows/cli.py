@@ -20,7 +20,7 @@ try:  # typer >= 0.26 carries its own copy of click
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, UsageError
 
-from tasks.config import Settings, load_settings
+from steelqc.tasks.config import Settings, load_settings
 
 app = typer.Typer(
     name="steelqc",
@@ -68,7 +68,7 @@ def _use_local_servers() -> None:
         cfg = load_settings(_state.config)
     except Exception:  # reported by the command itself
         return
-    from infra.services import healthy, read_pid
+    from steelqc.infra.services import healthy, read_pid
 
     if read_pid(cfg.home, "prefect") is not None:
         url = f"http://{cfg.server_host}:{cfg.prefect_port}/api"
@@ -172,7 +172,7 @@ def synth(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a Severstal-format data set (steel-like texture, four defect kinds, RLE masks)."""
-    from tasks.synth import generate_dataset, parse_mix
+    from steelqc.tasks.data.synth import generate_dataset, parse_mix
 
     cfg = settings()
     if fault := unusable_dir(out):
@@ -208,8 +208,8 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a data set: manifest, quarantine list (with reasons) and fingerprint."""
-    from tasks.ingest import IngestError, check_out_dir, new_run_dir, write_outputs
-    from tasks.ingest import ingest as run_ingest
+    from steelqc.tasks.data.ingest import IngestError, check_out_dir, new_run_dir, write_outputs
+    from steelqc.tasks.data.ingest import ingest as run_ingest
 
     cfg = settings()
     if fmt not in ("auto", "severstal", "folders"):
@@ -245,8 +245,15 @@ def split(
     as_json: JsonOpt = False,
 ) -> None:
     """Split a manifest into train/val/test (stratified, stable under growth) in RUN_DIR/splits/."""
-    from tasks.ingest import load_manifest
-    from tasks.split import SplitError, assign_splits, read_ledger, split_counts, update_ledger, write_splits
+    from steelqc.tasks.data.ingest import load_manifest
+    from steelqc.tasks.data.split import (
+        SplitError,
+        assign_splits,
+        read_ledger,
+        split_counts,
+        update_ledger,
+        write_splits,
+    )
 
     cfg = settings()
     manifest_path = run_dir / "manifest.csv"
@@ -277,7 +284,7 @@ def split(
 def prefect_api(cfg: Settings) -> Iterator[None]:
     """The Prefect API for a command that runs a flow: the configured or local server, else a temporary one that
     cannot outlive this process (Prefect's own temporary server survives a ``kill -9`` of the command)."""
-    from infra.services import reap_orphans, temporary_prefect
+    from steelqc.infra.services import reap_orphans, temporary_prefect
 
     if os.environ.get("PREFECT_API_URL"):
         reap_orphans(cfg.home)
@@ -299,8 +306,8 @@ def prefect_api(cfg: Settings) -> Iterator[None]:
 
 def _run_training(as_json: bool, **kwargs: Any) -> dict:
     """Run the training-pipeline flow; bad input exits 2, a failed run exits 1."""
-    from flows.training import training_pipeline
-    from tasks.ingest import IngestError
+    from steelqc.flows.training import training_pipeline
+    from steelqc.tasks.data.ingest import IngestError
 
     try:
         with prefect_api(settings()):
@@ -384,8 +391,8 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune hyperparameters with Optuna (resumable: the study is named by data and search space)."""
-    from flows.tuning import tuning_flow
-    from tasks.ingest import IngestError
+    from steelqc.flows.tuning import tuning_flow
+    from steelqc.tasks.data.ingest import IngestError
 
     cfg = settings()
     try:
@@ -409,8 +416,8 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics of a registered or logged model on a data set (clean, glare, Grad-CAM in masks)."""
-    from flows.evaluation import evaluate_model
-    from tasks.ingest import IngestError
+    from steelqc.flows.evaluation import evaluate_model
+    from steelqc.tasks.data.ingest import IngestError
 
     cfg = settings()
     try:
@@ -436,7 +443,7 @@ def predict(
 
     An unreadable image gets a record with ``error`` (and null label); the others are predicted (exit 0, or 1
     under --strict)."""
-    from flows.evaluation import predict_images
+    from steelqc.flows.evaluation import predict_images
 
     try:
         summary = predict_images(model, paths, settings())
@@ -455,7 +462,7 @@ app.add_typer(registry, name="registry")
 
 
 def _registry_client():
-    from model_registry.store import client, configure
+    from steelqc.model_registry.store import client, configure
 
     cfg = settings()
     configure(cfg)
@@ -465,7 +472,7 @@ def _registry_client():
 @registry.command("history")
 def registry_history(as_json: JsonOpt = False) -> None:
     """Every registry decision: when, what, from which version to which, why, by whom."""
-    from model_registry import promotion
+    from steelqc.model_registry import promotion
 
     cfg, c = _registry_client()
     events = promotion.history(c, cfg.registered_model)
@@ -497,7 +504,7 @@ def registry_promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Point an alias at a version whose gates passed (audited)."""
-    from model_registry import promotion
+    from steelqc.model_registry import promotion
 
     cfg, c = _registry_client()
     try:
@@ -530,7 +537,7 @@ def registry_approve(
     from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
-    from model_registry import promotion
+    from steelqc.model_registry import promotion
 
     cfg, c = _registry_client()
     try:
@@ -571,7 +578,7 @@ def registry_rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Put back the last earlier champion that passed its gates (audited)."""
-    from model_registry import promotion
+    from steelqc.model_registry import promotion
 
     cfg, c = _registry_client()
     try:
@@ -588,7 +595,7 @@ def registry_repackage(
 ) -> None:
     """Rebuild old-format versions (pickled python_model.pkl) from their weight files, never unpickling them, as new
     versions with hash tags; their aliases follow (audited). Exit 1 when one could not be repackaged."""
-    from model_registry import packaging, promotion
+    from steelqc.model_registry import packaging, promotion
 
     cfg, c = _registry_client()
     name, timeout = cfg.registered_model, cfg.lock_timeout_s
@@ -611,7 +618,7 @@ WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or m
 
 
 def _server_plans(cfg: Settings) -> dict:
-    from infra.services import plans
+    from steelqc.infra.services import plans
 
     return plans(
         cfg.home,
@@ -626,7 +633,7 @@ def _server_plans(cfg: Settings) -> dict:
 
 
 def _which(only: list[str] | None, as_json: bool) -> list[str]:
-    from infra.services import SERVICES
+    from steelqc.infra.services import SERVICES
 
     names = only or list(SERVICES)
     unknown = sorted(set(names) - set(SERVICES))
@@ -638,7 +645,7 @@ def _which(only: list[str] | None, as_json: bool) -> list[str]:
 @server.command("start")
 def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Start the servers in the background (logs and pid files under STEELQC_HOME/servers); wait until healthy."""
-    from infra import services
+    from steelqc.infra import services
 
     cfg = settings()
     names = _which(only, as_json)
@@ -657,7 +664,7 @@ def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
 @server.command("stop")
 def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Stop the servers started by `steelqc server start`."""
-    from infra import services
+    from steelqc.infra import services
 
     cfg = settings()
     emit({"servers": {name: services.stop(cfg.home, name) for name in _which(only, as_json)}}, as_json)
@@ -666,7 +673,7 @@ def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
 @server.command("status")
 def server_status(as_json: JsonOpt = False) -> None:
     """Whether each server runs and answers its health check. Exit 1 when one is down."""
-    from infra import services
+    from steelqc.infra import services
 
     cfg = settings()
     out = {name: services.status(cfg.home, plan) for name, plan in _server_plans(cfg).items()}
@@ -685,7 +692,7 @@ def serve_cmd(
     Needs a Prefect server (`steelqc server start`). Stopping this process leaves the schedules active; starting
     it again (a re-deploy) keeps them.
     """
-    from flows import deployments
+    from steelqc.flows import deployments
 
     cfg = settings()
     if not os.environ.get("PREFECT_API_URL"):
@@ -721,7 +728,7 @@ def demo(
     0.96), MobileNetV2 (ImageNet weights, offline), 96x608 input, at most 6 epochs. `steelqc train` uses 128x800
     on CPU by default.
     """
-    from tasks.synth import generate_dataset, parse_mix
+    from steelqc.tasks.data.synth import generate_dataset, parse_mix
 
     cfg = settings()
     data = cfg.home / "demo-data" / f"seed{seed}-n{n_images}"

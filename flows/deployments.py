@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tasks.config import Settings
+from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.deployments")
 
@@ -27,7 +27,7 @@ def nightly_deployment(settings: Settings):
     """The nightly retraining deployment of ``training-pipeline``."""
     from prefect.schedules import Cron
 
-    from flows.training import training_pipeline
+    from steelqc.flows.training import training_pipeline
 
     return training_pipeline.to_deployment(
         name=NIGHTLY,
@@ -42,7 +42,7 @@ def nightly_deployment(settings: Settings):
 def drift_deployment(settings: Settings):
     """``drift-monitor/hourly``, once ``flows.monitoring`` provides the drift-monitor flow (else None)."""
     try:
-        from flows.monitoring import drift_monitor  # type: ignore[import-not-found]
+        from steelqc.flows.monitoring import drift_monitor  # type: ignore[import-not-found]
     except ImportError:
         return None
     from prefect.schedules import Cron

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from model_registry import packaging
-from model_registry.store import configure
-from tasks.config import Settings
-from tasks.datasets import read_image
+from steelqc.model_registry import packaging
+from steelqc.model_registry.store import configure
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.datasets import read_image
 
 
 def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "auto") -> dict:
     """Ingest ``data`` (into a new run folder), then score every valid image with the model at ``model_uri``."""
-    from tasks.assess import assess
-    from tasks.ingest import ingest, new_run_dir, write_outputs
-    from tasks.labels import LabelSpace
-    from tasks.models import gradcam_target_layer
+    from steelqc.tasks.data.ingest import ingest, new_run_dir, write_outputs
+    from steelqc.tasks.data.labels import LabelSpace
+    from steelqc.tasks.evaluation.assess import assess
+    from steelqc.tasks.model.models import gradcam_target_layer
 
     configure(settings)
     model = packaging.load(model_uri)

@@ -17,120 +17,28 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from model_registry import packaging, promotion
-from model_registry.gates import evaluate_gates
-from model_registry.store import client, configure
-from tasks.config import TINY_PROFILE, Settings, load_settings
-from tasks.labels import LabelSpace
+from steelqc.flows.steps import ingest_step, run_folder_step, settings_for, split_step
+from steelqc.model_registry import packaging, promotion
+from steelqc.model_registry.gates import evaluate_gates
+from steelqc.model_registry.store import client, configure
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.model.train import resolve_config
 
 log = logging.getLogger("flows.training")
 
 FLOW_NAME = "training-pipeline"
 
 
-def _settings(overrides: dict | None) -> Settings:
-    return load_settings(**(overrides or {}))
-
-
-def train_config(
-    settings: Settings, overrides: dict[str, Any], profile: str = "default", image_shape: tuple[int, int] | None = None
-):
-    """TrainConfig from the settings' defaults, a profile and explicit overrides (None values ignored).
-
-    An input size left unset is chosen for the device from the data's image size (aspect-preserving).
-    """
-    from tasks.datasets import default_input_spec
-    from tasks.train import TrainConfig, select_device
-
-    values = settings.train.model_dump()
-    if profile == "tiny":
-        values.update(TINY_PROFILE)
-    elif profile != "default":
-        raise ValueError(f"unknown profile {profile!r} (default or tiny)")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if values.get("height") is None or values.get("width") is None:
-        height, width = image_shape or settings.image_shape
-        spec = default_input_spec(height, width, select_device())
-        values["height"], values["width"] = spec.height, spec.width
-    if values.get("num_workers") is None:
-        from tasks.datasets import default_num_workers
-
-        values["num_workers"] = default_num_workers(select_device())
-    values["seed"] = settings.seed
-    values["weights_fallback"] = settings.weights_fallback
-    return TrainConfig.from_dict(values)
-
-
 # ------------------------------------------------------------------------------------------------ tasks
-
-
-@task(name="ingest", retries=2, retry_delay_seconds=2)
-def ingest_step(data: str, fmt: str, critical_class: str | None, settings_overrides: dict) -> dict:
-    """Validate the data into a new run folder: manifest, masks, quarantine, fingerprint."""
-    from tasks.ingest import IngestError, check_out_dir, new_run_dir, write_outputs
-    from tasks.ingest import ingest as run_ingest
-
-    settings = _settings(settings_overrides)
-    check_out_dir(settings.runs_dir, Path(data))
-    result = run_ingest(Path(data), settings, fmt, critical_class)  # type: ignore[arg-type]
-    if result.manifest.empty:
-        raise IngestError(f"no valid image in {data}; nothing to train on")
-    run_dir = new_run_dir(settings, "train")
-    summary = write_outputs(result, run_dir)
-    label_space = LabelSpace(result.class_names, result.critical_class)
-    image_shape = (int(result.manifest["height"].median()), int(result.manifest["width"].median()))
-    return {**summary, "run_dir": str(run_dir), "label_space": label_space.to_dict(), "image_shape": image_shape}
-
-
-@task(name="choose-run-folder")
-def run_folder_step(ingest: dict, config_fingerprint: str, resume: bool, settings_overrides: dict) -> str:
-    """The new run folder, or on ``--resume`` the latest unfinished one with the same data and settings."""
-    import shutil
-
-    from tasks.runs import find_resumable, write_state
-
-    settings = _settings(settings_overrides)
-    fresh = Path(ingest["run_dir"])
-    previous = find_resumable(settings.runs_dir, ingest["fingerprint"], config_fingerprint) if resume else None
-    if previous is not None and previous != fresh:
-        log.info("resuming the unfinished run in %s", previous)
-        shutil.rmtree(fresh)
-        return str(previous)
-    if resume:
-        log.info("no unfinished run with this data and these settings: starting a new one")
-    write_state(
-        fresh,
-        kind="train",
-        status="ingested",
-        fingerprint=ingest["fingerprint"],
-        config_fingerprint=config_fingerprint,
-        data=ingest["source"],
-        label_space=ingest["label_space"],
-        created=fresh.name,
-    )
-    return str(fresh)
-
-
-@task(name="split", retries=2, retry_delay_seconds=2)
-def split_step(run_dir: str, settings_overrides: dict) -> dict:
-    from tasks.ingest import load_manifest
-    from tasks.split import assign_splits, read_ledger, split_counts, update_ledger, write_splits
-
-    settings = _settings(settings_overrides)
-    manifest = load_manifest(Path(run_dir) / "manifest.csv")
-    ledger = settings.home / "split_ledger.csv"
-    assignment, warnings = assign_splits(manifest, settings.split, settings.seed, read_ledger(ledger))
-    paths = write_splits(manifest, assignment, Path(run_dir))
-    update_ledger(ledger, manifest, assignment)
-    return {"paths": paths, "counts": split_counts(manifest, assignment), "warnings": warnings}
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=2)
 def start_run_step(run_dir: str, ingest: dict, cfg: dict, settings_overrides: dict) -> str:
     """Create (or reuse, on resume) the MLflow run of this pipeline run; log params and the data artifacts."""
-    from tasks.runs import code_version, read_state, write_state
+    from steelqc.tasks.runs import code_version, read_state, write_state
 
-    settings = _settings(settings_overrides)
+    settings = settings_for(settings_overrides)
     configure(settings)
     state = read_state(Path(run_dir))
     if state.get("mlflow_run_id"):
@@ -160,10 +68,10 @@ def start_run_step(run_dir: str, ingest: dict, cfg: dict, settings_overrides: di
 
 @task(name="train")
 def train_step(run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: bool, settings_overrides: dict) -> dict:
-    from tasks.runs import write_state
-    from tasks.train import TrainConfig, train_model
+    from steelqc.tasks.model.train import TrainConfig, train_model
+    from steelqc.tasks.runs import write_state
 
-    settings = _settings(settings_overrides)
+    settings = settings_for(settings_overrides)
     configure(settings)
     mlflow_client = client(settings)
     splits = Path(run_dir) / "splits"
@@ -205,12 +113,12 @@ def train_step(run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: 
 @task(name="evaluate")
 def evaluate_step(run_dir: str, run_id: str, checkpoint: str, settings_overrides: dict) -> dict:
     """Calibrate the critical threshold on validation, assess on test (clean, dim, bright, Grad-CAM)."""
-    from tasks.assess import assess, calibrate
-    from tasks.datasets import InputSpec
-    from tasks.models import gradcam_target_layer
-    from tasks.train import load_model, select_device
+    from steelqc.tasks.data.datasets import InputSpec
+    from steelqc.tasks.evaluation.assess import assess, calibrate
+    from steelqc.tasks.model.inference import load_model, select_device
+    from steelqc.tasks.model.models import gradcam_target_layer
 
-    settings = _settings(settings_overrides)
+    settings = settings_for(settings_overrides)
     configure(settings)
     device = select_device()
     model, meta = load_model(Path(checkpoint), device)
@@ -256,10 +164,10 @@ def evaluate_step(run_dir: str, run_id: str, checkpoint: str, settings_overrides
 @task(name="compare-with-champion")
 def champion_step(run_dir: str, label_space: dict, settings_overrides: dict) -> dict | None:
     """Score the current champion on this run's test split (None when there is no champion)."""
-    from tasks.assess import true_indices
-    from tasks.evaluate import compute_metrics
+    from steelqc.tasks.evaluation.assess import true_indices
+    from steelqc.tasks.evaluation.metrics import compute_metrics
 
-    settings = _settings(settings_overrides)
+    settings = settings_for(settings_overrides)
     configure(settings)
     mlflow_client = client(settings)
     name = settings.registered_model
@@ -289,7 +197,7 @@ def champion_step(run_dir: str, label_space: dict, settings_overrides: dict) -> 
 
 @task(name="gates")
 def gates_step(metrics: dict, critical_class: str, champion: dict | None, settings_overrides: dict) -> dict:
-    return evaluate_gates(metrics, _settings(settings_overrides).gates, critical_class, champion)
+    return evaluate_gates(metrics, settings_for(settings_overrides).gates, critical_class, champion)
 
 
 @task(name="register", retries=2, retry_delay_seconds=2)
@@ -298,9 +206,9 @@ def register_step(
 ) -> str:
     """Log the pyfunc model into the run and register it with the SHA-256 of its weights and bundle.json as tags
     (once per run: retries reuse the version)."""
-    from tasks.runs import code_version, read_state, write_state
+    from steelqc.tasks.runs import code_version, read_state, write_state
 
-    settings = _settings(settings_overrides)
+    settings = settings_for(settings_overrides)
     configure(settings)
     mlflow_client = client(settings)
     name = settings.registered_model
@@ -339,7 +247,7 @@ def promote_step(
     version: str, run_id: str, gates: dict, champion: dict | None, approval: str, settings_overrides: dict
 ) -> dict:
     """challenger when every gate passed; champion too under approval policy ``auto`` (re-checked in the lock)."""
-    settings = _settings(settings_overrides)
+    settings = settings_for(settings_overrides)
     configure(settings)
     mlflow_client = client(settings)
     name = settings.registered_model
@@ -404,10 +312,10 @@ def _current_flow_run_id() -> str | None:
 
 def _alert_run_failed(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow hook (failed or crashed): raise the run-failed alert with a link to the run."""
-    from flows import alerts
+    from steelqc.flows import alerts
 
     parameters = flow_run.parameters or {}
-    settings = _settings(parameters.get("settings_overrides"))
+    settings = settings_for(parameters.get("settings_overrides"))
     alerts.notify(
         settings,
         "run-failed",
@@ -435,13 +343,13 @@ def training_pipeline(
     """Train, evaluate, gate and register a steel-defect classifier on ``data`` (tuning first when asked)."""
     start = time.perf_counter()
     overrides = settings_overrides or {}
-    settings = _settings(overrides)
+    settings = settings_for(overrides)
     approval = approval or settings.approval
     started_by = promotion.actor()
     flow_run_id = _current_flow_run_id()
     ingest = ingest_step(data, fmt, critical_class, overrides)
     requested = {"model": model, "epochs": epochs, **(train_overrides or {})}
-    cfg = train_config(settings, requested, profile, tuple(ingest["image_shape"]))
+    cfg = resolve_config(settings, requested, profile, tuple(ingest["image_shape"]))
     run_dir = run_folder_step(ingest, cfg.fingerprint(), resume, overrides)
     ingest = {**ingest, **{k: str(Path(run_dir) / Path(ingest[k]).name) for k in ("manifest", "quarantine")}}
     splits = split_step(run_dir, overrides)
@@ -452,8 +360,8 @@ def training_pipeline(
         mlflow_client.set_tag(run_id, "steelqc.flow_run_id", flow_run_id)
     tuning = None
     if tune_trials > 0:
-        from flows.tuning import tune_step
-        from tasks.train import TrainConfig
+        from steelqc.flows.tuning import tune_step
+        from steelqc.tasks.model.train import TrainConfig
 
         trial_cfg = {**cfg.to_dict(), "epochs": settings.tune_epochs}
         tuning = tune_step(
@@ -499,7 +407,7 @@ def training_pipeline(
         "approval_policy": approval,
     }
     if not gates["passed"]:
-        from flows import alerts
+        from steelqc.flows import alerts
 
         summary["alert"] = alerts.notify(
             settings,
@@ -509,7 +417,7 @@ def training_pipeline(
             flow_run_id,
         )
     if decision.get("pending"):
-        from flows.approval import await_approval
+        from steelqc.flows.approval import await_approval
 
         outcome = await_approval(settings, summary, started_by, flow_run_id)
         summary.update(
@@ -523,7 +431,7 @@ def training_pipeline(
     summary["seconds"] = round(time.perf_counter() - start, 1)
     if tuning is not None:
         summary["tuning"] = tuning
-    from tasks.runs import write_state
+    from steelqc.tasks.runs import write_state
 
     write_state(Path(run_dir), status="finished", model_version=version, promoted=summary["promoted"])
     Path(run_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=str))

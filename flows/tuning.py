@@ -18,9 +18,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from prefect import flow, task
 
-from model_registry.store import client, configure
-from tasks.config import load_settings
-from tasks.labels import LabelSpace
+from steelqc.flows.steps import ingest_step, run_folder_step, split_step
+from steelqc.model_registry.store import client, configure
+from steelqc.tasks.config import load_settings
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.model.train import resolve_config
 
 log = logging.getLogger("flows.tuning")
 
@@ -54,7 +56,7 @@ def _worker(job: dict) -> int:
     """One tuning worker process: load the study and run trials until the shared total is reached."""
     import torch
 
-    from tasks.tune import load_study, make_objective, open_storage, optimise
+    from steelqc.tasks.model.tune import load_study, make_objective, open_storage, optimise
 
     torch.set_num_threads(job["threads"])
     os.environ["STEELQC_HOME"] = job["home"]
@@ -91,8 +93,8 @@ def tune_step(
     """Create the study once, run ``workers`` processes until ``trials`` finished trials, return the best."""
     from optuna.trial import TrialState
 
-    from tasks.config import mask_url
-    from tasks.tune import (
+    from steelqc.tasks.config import mask_url
+    from steelqc.tasks.model.tune import (
         DEFAULT_SPACE,
         best_summary,
         create_study,
@@ -177,12 +179,11 @@ def tuning_flow_fn(
     settings_overrides: dict | None = None,
 ) -> dict:
     """Ingest, split and tune (no final training): the body of the `tuning` flow."""
-    from flows.training import ingest_step, run_folder_step, split_step, train_config
 
     overrides = settings_overrides or {}
     settings = load_settings(**overrides)
     ingest = ingest_step(data, fmt, critical_class, overrides)
-    cfg = train_config(
+    cfg = resolve_config(
         settings, {"model": model, "epochs": settings.tune_epochs}, profile, tuple(ingest["image_shape"])
     )
     run_dir = run_folder_step(ingest, cfg.fingerprint(), False, overrides)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.config import database_for, mask_url
+from steelqc.tasks.config import database_for, mask_url
 
 log = logging.getLogger(__name__)
 

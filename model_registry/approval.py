@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from model_registry import promotion
+from steelqc.model_registry import promotion
 
 
 class ReviewerRefused(promotion.PromotionRefused):

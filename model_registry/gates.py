@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.config import Gates
+from steelqc.tasks.config import Gates
 
 GATE_NAMES = ("min_support", "macro_f1", "critical_recall", "critical_precision", "glare_delta_f1", "champion")
 

@@ -47,17 +47,19 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from model_registry import promotion
-from tasks.datasets import InputSpec
-from tasks.evaluate import decide
-from tasks.labels import LabelSpace
-from tasks.train import load_model as load_checkpoint
-from tasks.train import predict_proba, select_device
+from steelqc.model_registry import promotion
+from steelqc.tasks.data.datasets import InputSpec
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.evaluation.metrics import decide
+from steelqc.tasks.model.inference import load_model as load_checkpoint
+from steelqc.tasks.model.inference import predict_proba, select_device
 
 log = logging.getLogger(__name__)
 
 BUNDLE_VERSION = 1
-LOADER_MODULE = "model_registry.packaging"
+LOADER_MODULE = "steelqc.model_registry.packaging"
+# the same module under its name before the steelqc namespace (versions registered then); steelqc never imports it
+LOADER_MODULES = (LOADER_MODULE, "model_registry.packaging")
 DATA_DIR = "steelqc"
 DATA_SUBPATH = f"data/{DATA_DIR}"
 WEIGHTS_FILE = "checkpoint.pt"
@@ -270,7 +272,7 @@ def _flavor_problems(mlmodel: dict) -> list[str]:
     conf = flavors.get("python_function")
     if not isinstance(conf, dict):
         return [*problems, "MLmodel has no python_function flavor"]
-    if conf.get("loader_module") != LOADER_MODULE:
+    if conf.get("loader_module") not in LOADER_MODULES:
         problems.append(f"MLmodel's loader_module is {conf.get('loader_module')!r}, not {LOADER_MODULE!r}")
     problems += [f"MLmodel's pyfunc flavor has {key!r}" for key in CODE_FLAVOR_KEYS if key in conf]
     if conf.get("code"):

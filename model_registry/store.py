@@ -8,7 +8,7 @@ import os
 import mlflow
 from mlflow import MlflowClient
 
-from tasks.config import Settings
+from steelqc.tasks.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.fileio import atomic_write
+from steelqc.tasks.fileio import atomic_write
 
 STATE_FILE = "state.json"
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.config import Settings
-from tasks.ingest import (
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.ingest import (
     ImageFault,
     IngestError,
     check_image,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import Settings
-from tasks.ingest import IngestError, ingest, max_rle_chars
-from tasks.rle import rle_encode
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.ingest import IngestError, ingest, max_rle_chars
+from steelqc.tasks.data.rle import rle_encode
 
 TINY = {"image_height": 8, "image_width": 16}
 NEW = "ImageId,ClassId,EncodedPixels\n"

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import Settings
-from tasks.ingest import ImageFault, IngestError, check_image, detect_format, folder_classes, scan_dir
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.ingest import ImageFault, IngestError, check_image, detect_format, folder_classes, scan_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 H, W = 256, 1600
@@ -33,8 +33,8 @@ TIMEOUT_S = 60
 _RUNNER = """
 import dataclasses, json, sys
 from pathlib import Path
-from tasks.config import Settings
-from tasks.ingest import ingest
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.ingest import ingest
 result = ingest(Path(sys.argv[1]), Settings(), sys.argv[2])
 print(json.dumps({
     "manifest": result.manifest.to_dict("records"),

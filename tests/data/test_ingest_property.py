@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tasks.config import Settings
-from tasks.ingest import IngestError, ingest, max_rle_chars
-from tasks.rle import rle_encode
+from steelqc.tasks.config import Settings
+from steelqc.tasks.data.ingest import IngestError, ingest, max_rle_chars
+from steelqc.tasks.data.rle import rle_encode
 
 SHAPE = (8, 16)
 N_PIXELS = SHAPE[0] * SHAPE[1]

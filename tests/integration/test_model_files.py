@@ -24,12 +24,12 @@ import pytest
 import torch
 import yaml
 
-from flows.evaluation import predict_images
-from flows.training import register_step
-from model_registry import packaging, promotion
-from model_registry.store import client, configure
-from tasks.config import Settings
-from tasks.train import train_model
+from steelqc.flows.evaluation import predict_images
+from steelqc.flows.training import register_step
+from steelqc.model_registry import packaging, promotion
+from steelqc.model_registry.store import client, configure
+from steelqc.tasks.config import Settings
+from steelqc.tasks.model.train import train_model
 from tests.model.test_train import LABELS, SHAPE, cfg, make_split
 
 STEELQC = str(Path(sys.executable).with_name("steelqc"))
@@ -123,7 +123,7 @@ def test_a_registered_version_holds_no_pickle_and_no_code(store, trained: dict, 
     assert {"MLmodel", "data/steelqc/checkpoint.pt", "data/steelqc/bundle.json"} <= files
     assert files <= packaging.METADATA_FILES | packaging.MODEL_FILES
     conf = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
-    assert conf["loader_module"] == "model_registry.packaging" and not conf.get("code")
+    assert conf["loader_module"] == "steelqc.model_registry.packaging" and not conf.get("code")
     assert "python_model" not in conf and "cloudpickle_version" not in conf
     tags = c.get_model_version(name, version).tags
     assert tags["weights_sha256"] == packaging.sha256_file(root / "data/steelqc/checkpoint.pt")

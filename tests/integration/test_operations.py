@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.synth import generate_dataset
+from steelqc.tasks.data.synth import generate_dataset
 from tests.conftest import ROOT, free_port
 from tests.integration.test_cli import STEELQC, run
 from tests.integration.test_training_flow import RELAXED
@@ -337,7 +337,7 @@ def test_work_pool_recipe_runs_tuning_workers_on_one_study(
 
     import optuna
 
-    from tasks.tune import open_storage
+    from steelqc.tasks.model.tune import open_storage
     from tests.integration.test_tuning import TINY_SPACE
 
     for key, value in prefect_api.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from model_registry.promotion import (
+from steelqc.model_registry.promotion import (
     CHAMPION,
     PromotionRefused,
     alias_version,
@@ -19,8 +19,8 @@ from model_registry.promotion import (
     registry_lock,
     rollback,
 )
-from model_registry.store import client, configure
-from tasks.config import Settings
+from steelqc.model_registry.store import client, configure
+from steelqc.tasks.config import Settings
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(store, steelqc_hom
 
 def test_lock_times_out_while_held(store) -> None:
     settings, c = store
-    from model_registry.promotion import LockTimeout, ensure_registered_model
+    from steelqc.model_registry.promotion import LockTimeout, ensure_registered_model
 
     ensure_registered_model(c, settings.registered_model)
     with (
@@ -167,7 +167,7 @@ def test_lock_times_out_while_held(store) -> None:
 
 def test_approval_refuses_reviewers_who_may_not_decide_and_records_it(store) -> None:
     """Self-approval and a blank reviewer are ReviewerRefused (the run asks again); a moved champion is not."""
-    from model_registry.approval import ReviewerRefused, approve, reject
+    from steelqc.model_registry.approval import ReviewerRefused, approve, reject
 
     settings, c = store
     name = settings.registered_model

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.synth import generate_dataset
+from steelqc.tasks.data.synth import generate_dataset
 from tests.conftest import shared_path
 from tests.integration.test_cli import run
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tasks.synth import generate_dataset
-from tasks.tune import open_storage
+from steelqc.tasks.data.synth import generate_dataset
+from steelqc.tasks.model.tune import open_storage
 from tests.conftest import ROOT
 from tests.integration.test_cli import STEELQC, run
 
@@ -169,10 +169,10 @@ def test_a_pruned_trial_is_recorded_before_it_stops(tiny_data: Path, tmp_path: P
     """Pruned trials reach the trial logger (a nested MLflow run each), with the epoch they stopped at."""
     import pandas as pd
 
-    from flows.training import train_config
-    from tasks.config import load_settings
-    from tasks.labels import LabelSpace
-    from tasks.tune import make_objective
+    from steelqc.tasks.config import load_settings
+    from steelqc.tasks.data.labels import LabelSpace
+    from steelqc.tasks.model.train import resolve_config
+    from steelqc.tasks.model.tune import make_objective
 
     run_dir = tmp_path / "run"
     code, _, stderr = run("ingest", str(tiny_data), "--out", str(run_dir), "--json")
@@ -185,7 +185,7 @@ def test_a_pruned_trial_is_recorded_before_it_stops(tiny_data: Path, tmp_path: P
     }
     ingest = json.loads((run_dir / "ingest.json").read_text())
     label_space = LabelSpace.from_dict({"class_names": ingest["classes"], "critical_class": ingest["critical_class"]})
-    cfg = train_config(load_settings(), {"epochs": 2}, "tiny", (256, 1600)).to_dict()
+    cfg = resolve_config(load_settings(), {"epochs": 2}, "tiny", (256, 1600)).to_dict()
     recorded: list[tuple[int, dict]] = []
     objective = make_objective(
         frames["train"], frames["val"], label_space, cfg, TINY_SPACE, tmp_path / "trials", 0.95, 0.5,

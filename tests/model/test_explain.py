@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.explain import cam_in_mask, gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
-from tasks.rle import rle_encode
+from steelqc.tasks.data.rle import rle_encode
+from steelqc.tasks.evaluation.explain import cam_in_mask, gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
 
 
 def _tiny_cnn() -> nn.Sequential:

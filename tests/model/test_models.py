@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.models import (
+from steelqc.tasks.model.models import (
     MAX_FREEZE,
     MODEL_NAMES,
     OFFLINE_MOBILENET_FILE,

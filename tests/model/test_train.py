@@ -10,20 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.datasets import InputSpec, class_weights
-from tasks.labels import LabelSpace
-from tasks.models import build_model
-from tasks.train import (
-    CheckpointError,
-    ResumeError,
-    TrainConfig,
-    load_model,
-    lr_at,
-    predict_proba,
-    select_device,
-    train_model,
-    train_step,
-)
+from steelqc.tasks.data.datasets import InputSpec, class_weights
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.model.inference import CheckpointError, load_model, predict_proba, select_device
+from steelqc.tasks.model.models import build_model
+from steelqc.tasks.model.train import ResumeError, TrainConfig, lr_at, train_model, train_step
 
 LABELS = LabelSpace({0: "ok", 1: "crack", 2: "scratch"}, "crack")
 SHAPE = (32, 64)

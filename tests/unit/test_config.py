@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import Settings, label_priority_ids, load_settings
+from steelqc.tasks.config import Settings, label_priority_ids, load_settings
 
 
 def test_defaults_match_the_product() -> None:

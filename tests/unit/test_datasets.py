@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import WeightedRandomSampler
 
-from tasks.datasets import (
+from steelqc.tasks.data.datasets import (
     InputSpec,
     ManifestDataset,
     build_transforms,
@@ -27,7 +27,7 @@ from tasks.datasets import (
     set_loader_epoch,
     standardize,
 )
-from tasks.labels import LabelSpace
+from steelqc.tasks.data.labels import LabelSpace
 from tests.conftest import shared_path
 
 LABELS = LabelSpace({0: "ok", 1: "crack", 2: "scratch"}, "crack")

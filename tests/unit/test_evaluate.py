@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from tasks.evaluate import (
+from steelqc.tasks.evaluation.metrics import (
     ClassRecall,
     MacroF1,
     bootstrap_ci,

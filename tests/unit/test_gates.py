@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from model_registry.gates import GATE_NAMES, evaluate_gates
-from tasks.config import Gates
+from steelqc.model_registry.gates import GATE_NAMES, evaluate_gates
+from steelqc.tasks.config import Gates
 
 GATES = Gates()
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.datasets import read_image
-from tasks.imageio import (
+from steelqc.tasks.data.datasets import read_image
+from steelqc.tasks.data.imageio import (
     SUPPORTED_MODES,
     NotRegularFile,
     UnsupportedImage,

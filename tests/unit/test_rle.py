@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.rle import RLEError, parse_runs, rle_decode, rle_encode, rle_pixel_count
+from steelqc.tasks.data.rle import RLEError, parse_runs, rle_decode, rle_encode, rle_pixel_count
 from tests.conftest import shared_path
 
 SHAPES = st.tuples(st.integers(1, 12), st.integers(1, 12))

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.robustness import (
+from steelqc.tasks.evaluation.robustness import (
     GLARE_VARIANTS,
     band_for,
     band_profile,
@@ -66,7 +66,7 @@ def test_band_is_deterministic_per_image_and_differs_between_images():
 
 
 def test_band_width_is_its_full_width_at_half_maximum():
-    from tasks.robustness import Band
+    from steelqc.tasks.evaluation.robustness import Band
 
     profile = band_profile((8, 1000), Band(center=0.5, angle_deg=0.0, width=0.1))
     assert ((profile[4] >= 0.5).sum()) == pytest.approx(100, abs=2)  # 10 % of 1000 columns

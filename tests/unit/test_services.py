@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.services import plans
-from model_registry.approval import same_identity
-from tasks.config import Settings, database_for
+from steelqc.infra.services import plans
+from steelqc.model_registry.approval import same_identity
+from steelqc.tasks.config import Settings, database_for
 
 
 def test_one_database_per_service_with_its_driver() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.config import SplitFractions
-from tasks.split import (
+from steelqc.tasks.config import SplitFractions
+from steelqc.tasks.data.split import (
     MIN_CLASS_SIZE,
     SplitError,
     assign_splits,

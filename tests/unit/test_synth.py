@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import DEFAULT_CLASS_NAMES
-from tasks.rle import rle_decode
-from tasks.synth import DEFAULT_MIX, generate_dataset, image_ids, parse_mix, render_image
+from steelqc.tasks.config import DEFAULT_CLASS_NAMES
+from steelqc.tasks.data.rle import rle_decode
+from steelqc.tasks.data.synth import DEFAULT_MIX, generate_dataset, image_ids, parse_mix, render_image
 
 SMALL = (64, 400)
 FULL = (256, 1600)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tasks.rle import SEVERSTAL_SHAPE, rle_decode
+from steelqc.tasks.data.rle import SEVERSTAL_SHAPE, rle_decode
 
 log = logging.getLogger(__name__)
 

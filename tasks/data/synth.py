@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.config import DEFAULT_CLASS_NAMES, SEVERSTAL_SHAPE, label_priority_ids
-from tasks.rle import rle_encode
+from steelqc.tasks.config import DEFAULT_CLASS_NAMES, SEVERSTAL_SHAPE, label_priority_ids
+from steelqc.tasks.data.rle import rle_encode
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tasks.fileio import atomic_write
+from steelqc.tasks.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 

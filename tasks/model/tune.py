@@ -27,7 +27,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from tasks.labels import LabelSpace
+from steelqc.tasks.data.labels import LabelSpace
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,10 @@ def make_objective(
     on_trial: Callable[[optuna.Trial, dict[str, Any], dict[str, Any]], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The objective: train with the trial's parameters, calibrate on validation, score macro-F1."""
-    from tasks.assess import calibrate, true_indices
-    from tasks.evaluate import compute_metrics
-    from tasks.train import TrainConfig, load_model, predict_proba, train_model
+    from steelqc.tasks.evaluation.assess import calibrate, true_indices
+    from steelqc.tasks.evaluation.metrics import compute_metrics
+    from steelqc.tasks.model.inference import load_model, predict_proba
+    from steelqc.tasks.model.train import TrainConfig, train_model
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)

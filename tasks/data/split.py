@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tasks.config import SplitFractions
-from tasks.fileio import atomic_write
+from steelqc.tasks.config import SplitFractions
+from steelqc.tasks.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tasks.datasets import InputSpec, ManifestDataset, read_image
-from tasks.evaluate import (
+from steelqc.tasks.data.datasets import InputSpec, ManifestDataset, read_image
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.evaluation.explain import gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
+from steelqc.tasks.evaluation.metrics import (
     calibrate_threshold,
     compute_metrics,
     confidence_intervals,
@@ -28,10 +30,8 @@ from tasks.evaluate import (
     plot_mistakes,
     plot_roc,
 )
-from tasks.explain import gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
-from tasks.labels import LabelSpace
-from tasks.robustness import GLARE_VARIANTS, glare_corruption, glare_examples_figure, glare_summary
-from tasks.train import predict_proba
+from steelqc.tasks.evaluation.robustness import GLARE_VARIANTS, glare_corruption, glare_examples_figure, glare_summary
+from steelqc.tasks.model.inference import predict_proba
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from tasks.imageio import decode_image
-from tasks.labels import LabelSpace
+from steelqc.tasks.data.imageio import decode_image
+from steelqc.tasks.data.labels import LabelSpace
 
 log = logging.getLogger(__name__)
 

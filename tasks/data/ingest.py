@@ -38,8 +38,8 @@ from typing import Literal
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from tasks.config import DEFAULT_MAX_IMAGE_BYTES, Settings
-from tasks.imageio import (
+from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES, Settings
+from steelqc.tasks.data.imageio import (
     NotRegularFile,
     UnsupportedImage,
     conversion_note,
@@ -48,7 +48,7 @@ from tasks.imageio import (
     read_regular_file,
     unsupported_mode_reason,
 )
-from tasks.rle import RLEError, parse_runs
+from steelqc.tasks.data.rle import RLEError, parse_runs
 
 log = logging.getLogger(__name__)
 

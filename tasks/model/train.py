@@ -1,4 +1,5 @@
-"""Training, checkpoints, resume, loading and batch prediction (framework-free: the flows add MLflow via ``on_epoch``).
+"""Training, checkpoints and resume (framework-free: the flows add MLflow via ``on_epoch``); loading and
+prediction live in :mod:`steelqc.tasks.model.inference`.
 
 One epoch: AdamW (learning rate from :func:`lr_at`), weighted cross-entropy and/or a class-balanced sampler,
 AMP (``torch.autocast`` + ``GradScaler``) on CUDA, channels-last memory (on CUDA and, measured faster there too
@@ -27,7 +28,6 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,24 +40,37 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from tasks.datasets import Corruption, InputSpec, ManifestDataset, class_weights, make_loader, set_loader_epoch
-from tasks.fileio import atomic_write
-from tasks.labels import LabelSpace
-from tasks.models import MODEL_NAMES, build_model, set_train_mode
+from steelqc.tasks.config import TINY_PROFILE, Settings
+from steelqc.tasks.data.datasets import (
+    InputSpec,
+    ManifestDataset,
+    class_weights,
+    default_input_spec,
+    default_num_workers,
+    make_loader,
+    set_loader_epoch,
+)
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.fileio import atomic_write
+from steelqc.tasks.model.inference import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    autocast_context,
+    infer_logits,
+    read_checkpoint,
+    select_device,
+    to_device,
+)
+from steelqc.tasks.model.models import MODEL_NAMES, build_model, set_train_mode
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "steelqc-checkpoint/1"
 SCHEDULERS = ("cosine", "none")
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class ResumeError(ValueError):
     """``last.pt`` belongs to a different configuration, label space or data set."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read (truncated, corrupt, not a steelqc checkpoint); names the file."""
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -180,19 +193,31 @@ class TrainResult:
         return data
 
 
+def resolve_config(
+    settings: Settings, overrides: dict[str, Any], profile: str = "default", image_shape: tuple[int, int] | None = None
+) -> TrainConfig:
+    """TrainConfig from the settings' defaults, a profile and explicit overrides (None values ignored).
+
+    An input size left unset is chosen for the device from the data's image size (aspect-preserving).
+    """
+    values = settings.train.model_dump()
+    if profile == "tiny":
+        values.update(TINY_PROFILE)
+    elif profile != "default":
+        raise ValueError(f"unknown profile {profile!r} (default or tiny)")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("height") is None or values.get("width") is None:
+        height, width = image_shape or settings.image_shape
+        spec = default_input_spec(height, width, select_device())
+        values["height"], values["width"] = spec.height, spec.width
+    if values.get("num_workers") is None:
+        values["num_workers"] = default_num_workers(select_device())
+    values["seed"] = settings.seed
+    values["weights_fallback"] = settings.weights_fallback
+    return TrainConfig.from_dict(values)
+
+
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def select_device(prefer: str = "auto") -> str:
-    """``"cuda"`` when available (and not ``prefer="cpu"``), else ``"cpu"``."""
-    prefer = (prefer or "auto").lower()
-    if prefer == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda" if prefer == "auto" else prefer
-    if prefer != "auto":
-        log.warning("device %r requested but CUDA is not available: using the CPU", prefer)
-    return "cpu"
 
 
 def seed_everything(seed: int) -> None:
@@ -211,16 +236,6 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 
 def _use_amp(cfg: TrainConfig, device: str) -> bool:
     return bool(cfg.amp) and device.startswith("cuda")
-
-
-def autocast_context(device: str, enabled: bool, dtype: torch.dtype = torch.float16) -> AbstractContextManager:
-    """``torch.autocast`` on CUDA when enabled, else a no-op."""
-    return torch.autocast(device_type="cuda", dtype=dtype) if enabled and device.startswith("cuda") else nullcontext()
-
-
-def to_device(images: torch.Tensor, device: str, channels_last: bool) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=fmt)
 
 
 def train_step(
@@ -246,21 +261,6 @@ def train_step(
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
-
-
-@torch.inference_mode()
-def infer_logits(
-    model: nn.Module, loader: torch.utils.data.DataLoader, device: str, amp: bool = False, channels_last: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 CPU logits and labels of every batch of ``loader``, in order."""
-    model.eval()
-    outs, labels = [], []
-    for images, targets in loader:
-        with autocast_context(device, amp):
-            logits = model(to_device(images, device, channels_last))
-        outs.append(logits.float().cpu())
-        labels.append(torch.as_tensor(targets))
-    return torch.cat(outs), torch.cat(labels)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -550,24 +550,6 @@ def train_model(
     return _result(state, ckpt_dir, time.perf_counter() - start, device, first_epoch)
 
 
-# ------------------------------------------------------------------------------------------------ inference
-
-
-def read_checkpoint(path: Path | str) -> dict[str, Any]:
-    """A steelqc checkpoint's contents (``weights_only`` load: tensors and plain values, never code).
-
-    Raises :class:`CheckpointError` naming the file when it is truncated, corrupt or not a steelqc checkpoint.
-    """
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle opcode, refused global, I/O error...
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: not a steelqc checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
-    return state
-
-
 def _resumable_state(last_path: Path) -> dict[str, Any]:
     """``last.pt`` for ``--resume``; a corrupt one is moved aside (so the next attempt starts this run's training
     afresh) and reported with its path."""
@@ -580,45 +562,3 @@ def _resumable_state(last_path: Path) -> dict[str, Any]:
             f"{exc}. Cannot resume from it: moved it to {aside}; run again (with or without --resume) to train "
             "this run from the start"
         ) from exc
-
-
-def load_model(checkpoint: Path | str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from ``best.pt``/``last.pt`` (weights_only load), in eval mode on ``device``.
-
-    Metadata: ``model_name``, ``num_classes``, ``label_space`` (dict), ``input_spec`` (dict), ``cfg`` (dict),
-    ``weights_used``, ``epoch`` and, for ``best.pt``, ``val_metrics``.
-    """
-    state = read_checkpoint(checkpoint)
-    model, _ = build_model(
-        state["model_name"], int(state["num_classes"]), weights="none", in_channels=state["input_spec"]["channels"]
-    )
-    model.load_state_dict(state["model_state"])
-    model.to(device).eval()
-    meta = {k: v for k, v in state.items() if k not in ("model_state", "optimizer_state", "scaler_state", "rng")}
-    return model, meta
-
-
-def predict_proba(
-    model: nn.Module,
-    frame: pd.DataFrame,
-    label_space: LabelSpace,
-    spec: InputSpec | dict[str, Any],
-    batch_size: int = 32,
-    device: str = "cpu",
-    corruption: Corruption | None = None,
-    num_workers: int = 0,
-    channels_last: bool = True,
-) -> np.ndarray:
-    """N x C softmax probabilities in ``frame`` order (``frame`` needs ``path``; ``label`` is optional).
-
-    Moves ``model`` to ``device`` (in channels-last memory unless switched off) and puts it in eval mode.
-    """
-    spec = spec if isinstance(spec, InputSpec) else InputSpec.from_dict(spec)
-    if len(frame) == 0:
-        return np.zeros((0, label_space.num_classes), dtype=np.float32)
-    cuda = str(device).startswith("cuda")
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    dataset = ManifestDataset(frame, label_space, spec, train=False, corruption=corruption)
-    loader = make_loader(dataset, batch_size, False, False, num_workers, device, 0)
-    logits, _ = infer_logits(model, loader, device, amp=cuda, channels_last=channels_last)
-    return torch.softmax(logits, dim=1).numpy()

@@ -1,0 +1,1 @@
+"""Data: RLE, ingest, generated data, splits, label space, datasets and transforms, image decoding."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, assessment of a model on a split, plots, robustness, explanations."""
