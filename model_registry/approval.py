@@ -7,6 +7,9 @@ the identity that started the run: such a decision is refused and the refusal is
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Collection
+
 from mlflow import MlflowClient
 
 from steelqc.model_registry import promotion
@@ -122,3 +125,25 @@ def timed_out(
         reason=f"no decision within {waited_s:.0f} s; champion unchanged", run_id=run_id,
         flow_run_id=flow_run_id, started_by=started_by,
     )  # fmt: skip
+
+
+def wait_for_decision(
+    client: MlflowClient,
+    name: str,
+    flow_run_id: str,
+    before_seqs: Collection[int],
+    timeout_s: float,
+    poll_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict | None:
+    """The audit event the paused run ``flow_run_id`` records once resumed (approve, reject, or a refusal), or
+    None when none appears within ``timeout_s``. Events whose ``seq`` is in ``before_seqs`` (the trail before the
+    decision was sent) and events of other runs are ignored."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for event in promotion.history(client, name):
+            if event["seq"] not in before_seqs and event.get("flow_run_id") == flow_run_id:
+                return event
+        if time.monotonic() >= deadline:
+            return None
+        sleep(poll_s)
