@@ -20,6 +20,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 DEFAULT_CLASS_NAMES: dict[int, str] = {0: "ok", 1: "crack", 2: "scratch", 3: "dent", 4: "other"}
 SEVERSTAL_SHAPE: tuple[int, int] = (256, 1600)
+"""(height, width) of a Severstal image: the default image size and RLE mask shape (defined here only)."""
+DEFAULT_SEED = 42
+OPTUNA_HEARTBEAT_S = 30
+OPTUNA_GRACE_S = 90
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 """Largest image file ingest reads (a 1600x256 Severstal image is under 2 MiB); larger files are quarantined unread."""
 
@@ -36,9 +40,11 @@ class Gates(BaseModel):
 
 
 class TrainDefaults(BaseModel):
-    """Training defaults (fields of ``tasks.train.TrainConfig``); CLI options override them.
+    """The training defaults: the one source of ``steelqc.tasks.model.train.TrainConfig``'s defaults, and what
+    ``STEELQC_TRAIN__*`` settings change; CLI options override them.
 
-    ``height``/``width`` None = chosen for the device (aspect-preserving; e.g. 128x800 for Severstal on CPU).
+    ``height``/``width`` None = chosen for the device (aspect-preserving; e.g. 128x800 for Severstal on CPU);
+    ``num_workers`` None = chosen for the device.
     """
 
     model: str = "mobilenet_v2"
@@ -107,7 +113,7 @@ class Settings(BaseSettings):
         default=DEFAULT_MAX_IMAGE_BYTES, gt=0, description="Image files larger than this are quarantined unread."
     )
     split: SplitFractions = Field(default_factory=SplitFractions)
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     gates: Gates = Field(default_factory=Gates)
     train: TrainDefaults = Field(default_factory=TrainDefaults)
     io_workers: int = Field(default=4, description="Threads for image checks during ingest.")
@@ -161,8 +167,10 @@ class Settings(BaseSettings):
         default=None, description="Search space overriding tasks.tune.DEFAULT_SPACE (name -> {type, ...})."
     )
     tune_epochs: int = Field(default=3, description="Epochs per tuning trial.")
-    optuna_heartbeat_s: int = Field(default=30, description="Trial heartbeat (RDB storages).")
-    optuna_grace_s: int = Field(default=90, description="A trial silent this long is failed (and retried once).")
+    optuna_heartbeat_s: int = Field(default=OPTUNA_HEARTBEAT_S, description="Trial heartbeat (RDB storages).")
+    optuna_grace_s: int = Field(
+        default=OPTUNA_GRACE_S, description="A trial silent this long is failed (and retried once)."
+    )
 
     @classmethod
     def settings_customise_sources(

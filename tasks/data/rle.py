@@ -11,7 +11,8 @@ import re
 
 import numpy as np
 
-SEVERSTAL_SHAPE = (256, 1600)
+from steelqc.tasks.config import SEVERSTAL_SHAPE
+
 _DIGITS_AND_SPACE = re.compile(r"[0-9\s]*", re.ASCII)
 _TOKEN = re.compile(r"\S+")
 

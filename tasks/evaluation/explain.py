@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from steelqc.tasks.data.rle import SEVERSTAL_SHAPE, rle_decode
+from steelqc.tasks.config import SEVERSTAL_SHAPE
+from steelqc.tasks.data.rle import rle_decode
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from steelqc.tasks.config import TINY_PROFILE, Settings
+from steelqc.tasks.config import DEFAULT_SEED, SEVERSTAL_SHAPE, TINY_PROFILE, Settings, TrainDefaults
 from steelqc.tasks.data.datasets import (
     InputSpec,
     ManifestDataset,
@@ -76,37 +76,44 @@ class ResumeError(ValueError):
 # ------------------------------------------------------------------------------------------------ config
 
 
+_DEFAULTS = TrainDefaults()  # the one source of the training defaults (settings: STEELQC_TRAIN__*)
+
+
 @dataclass
 class TrainConfig:
     """Training settings. ``fingerprint()`` covers those that change the training trajectory (not ``epochs``,
     ``patience``, workers, caching, device or AMP settings), so a run may be resumed with more epochs.
+
+    Defaults are the settings' :class:`~steelqc.tasks.config.TrainDefaults` (``seed`` and ``weights_fallback``
+    the settings' own); :func:`resolve_config` builds one from the settings actually in force. ``height``/
+    ``width``/``num_workers`` None are chosen for the device (the input size for a Severstal image).
 
     ``amp`` applies on CUDA only; ``channels_last`` on every device. ``patience`` <= 0 turns early stopping off.
     ``max_train_batches`` caps the batches of an epoch (tests, smoke runs). ``height``/``width``/``channels``/
     ``normalize`` are the :class:`InputSpec` (see :meth:`with_spec`); ``device``: auto, cpu or cuda.
     """
 
-    model: str = "simple_cnn"
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"
-    patience: int = 3
-    balanced_sampler: bool = True
-    weighted_loss: bool = True
-    freeze_stages: int = 0
-    weights: str = "none"
-    weights_fallback: str = "none"
-    num_workers: int = 0
-    seed: int = 42
+    model: str = _DEFAULTS.model
+    epochs: int = _DEFAULTS.epochs
+    batch_size: int = _DEFAULTS.batch_size
+    lr: float = _DEFAULTS.lr
+    weight_decay: float = _DEFAULTS.weight_decay
+    scheduler: str = _DEFAULTS.scheduler
+    patience: int = _DEFAULTS.patience
+    balanced_sampler: bool = _DEFAULTS.balanced_sampler
+    weighted_loss: bool = _DEFAULTS.weighted_loss
+    freeze_stages: int = _DEFAULTS.freeze_stages
+    weights: str = _DEFAULTS.weights
+    weights_fallback: str = Settings.model_fields["weights_fallback"].default
+    num_workers: int | None = _DEFAULTS.num_workers
+    seed: int = DEFAULT_SEED
     amp: bool = True
     amp_dtype: str = "float16"
     channels_last: bool = True
     max_train_batches: int | None = None
-    cache_images: bool = False
-    height: int = 128
-    width: int = 800
+    cache_images: bool = _DEFAULTS.cache_images
+    height: int | None = _DEFAULTS.height
+    width: int | None = _DEFAULTS.width
     channels: int = 3
     normalize: str = "per_image"
     device: str = "auto"
@@ -130,6 +137,12 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.height is None or self.width is None or self.num_workers is None:
+            device = select_device(self.device)
+            spec = default_input_spec(*SEVERSTAL_SHAPE, device)
+            self.height = spec.height if self.height is None else self.height
+            self.width = spec.width if self.width is None else self.width
+            self.num_workers = default_num_workers(device) if self.num_workers is None else self.num_workers
         if self.model not in MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
         if self.scheduler not in SCHEDULERS:
@@ -210,8 +223,6 @@ def resolve_config(
         height, width = image_shape or settings.image_shape
         spec = default_input_spec(height, width, select_device())
         values["height"], values["width"] = spec.height, spec.width
-    if values.get("num_workers") is None:
-        values["num_workers"] = default_num_workers(select_device())
     values["seed"] = settings.seed
     values["weights_fallback"] = settings.weights_fallback
     return TrainConfig.from_dict(values)

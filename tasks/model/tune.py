@@ -27,13 +27,12 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from steelqc.tasks.config import OPTUNA_GRACE_S, OPTUNA_HEARTBEAT_S
 from steelqc.tasks.data.labels import LabelSpace
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-HEARTBEAT_S = 30
-GRACE_S = 90
 
 # The notebook's space plus the model family; every entry can be overridden from settings.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -76,7 +75,7 @@ def storage_url(configured: str | None, home: Path) -> str:
     return configured or f"sqlite:///{(home / 'optuna.db').resolve()}"
 
 
-def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> BaseStorage:
+def open_storage(url: str, heartbeat_s: int = OPTUNA_HEARTBEAT_S, grace_s: int = OPTUNA_GRACE_S) -> BaseStorage:
     """An Optuna storage for ``url`` (``sqlite:``, ``postgresql:``, ``journal:PATH``)."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))

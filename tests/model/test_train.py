@@ -52,6 +52,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
 
 def cfg(**kwargs: object) -> TrainConfig:
     base = dict(height=SHAPE[0], width=SHAPE[1], batch_size=12, lr=3e-3, epochs=2, patience=0, cache_images=True)
+    base.update(model="simple_cnn", weights="none", weighted_loss=True, num_workers=0)  # not the product defaults
     return TrainConfig(**{**base, **kwargs})
 
 
