@@ -15,8 +15,6 @@ from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.alerts")
 
-KINDS = ("run-failed", "gates-failed", "awaiting-approval")
-
 
 def flow_run_link(flow_run_id: str | None) -> str | None:
     """The flow run's page in the Prefect UI (None without a run or a known UI)."""

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psycopg
+
 from steelqc.tasks.config import database_for, mask_url
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,6 @@ class ServicePlan:
 
 def ensure_database(base_url: str, database: str) -> None:
     """Create ``database`` on the server of ``base_url`` unless it exists."""
-    import psycopg
-
     admin = database_for(base_url, urlsplit(base_url).path.lstrip("/") or "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     )
     lock_timeout_s: float = Field(default=120.0, description="How long to wait for the registry promotion lock.")
 
-    # Servers, schedules, approval and alerts (issue 5)
+    # Servers, schedules, approval and alerts (README "Operations: servers, the nightly schedule, approval")
     server_host: str = Field(default="127.0.0.1", description="Where `steelqc server start` listens.")
     prefect_port: int = 4200
     mlflow_port: int = 5000
@@ -213,10 +213,6 @@ class Settings(BaseSettings):
     def class_ids(self) -> dict[str, int]:
         """Class name -> id."""
         return {name: cid for cid, name in self.class_names.items()}
-
-    @property
-    def critical_id(self) -> int:
-        return self.class_ids[self.critical_class]
 
     def priority_ids(self) -> list[int]:
         """Defect class ids in label-priority order (critical first unless configured otherwise)."""

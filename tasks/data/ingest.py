@@ -48,7 +48,7 @@ from steelqc.tasks.data.imageio import (
     read_regular_file,
     unsupported_mode_reason,
 )
-from steelqc.tasks.data.rle import RLEError, parse_runs
+from steelqc.tasks.data.rle import RLEError, parse_runs, rle_pixel_count
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,6 @@ class IngestError(Exception):
         self.message, self.file, self.row = message, (str(file) if file else None), row
         where = f"{self.file}" + (f", row {row}" if row is not None else "") if self.file else ""
         super().__init__(f"{where}: {message}" if where else message)
-
-    def to_dict(self) -> dict:
-        return {"error": str(self), "file": self.file, "row": self.row}
 
 
 @dataclass(frozen=True)
@@ -822,7 +819,7 @@ def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
         record = _record(image_id, candidates[image_id], classes, label, class_names, info)
         for cid in sorted(defect_ids):
             row = image_masks.get(cid)
-            record[f"pixels_{class_names[cid]}"] = int(parse_runs(row.rle, shape)[1].sum()) if row else 0
+            record[f"pixels_{class_names[cid]}"] = rle_pixel_count(row.rle, shape) if row else 0
         records.append(record)
         mask_rows += [
             {"image_id": image_id, "class_id": cid, "encoded_pixels": image_masks[cid].rle} for cid in classes
@@ -1046,7 +1043,7 @@ def _write_quarantine(records: Iterable[Quarantined], path: Path) -> None:
 
 
 def summarise(result: IngestResult) -> dict:
-    """The JSON summary of ARCHITECTURE.md (without the output paths)."""
+    """The JSON summary of `steelqc ingest --json` (README "Data"), without the output paths."""
     rejected = {q.image_id or q.file for q in result.quarantine if "duplicate row" not in q.reason}
     return {
         "source": str(result.source),

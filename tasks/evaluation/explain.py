@@ -17,9 +17,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from steelqc.tasks.config import SEVERSTAL_SHAPE
@@ -41,9 +45,6 @@ def gradcam_maps(
     an all-zero map means no positive evidence). Works under ``torch.no_grad``/frozen weights (the input is made
     to require gradients) and restores the model's train/eval mode afterwards.
     """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     if inputs.ndim != 4:
         raise ValueError(f"inputs must be N x C x H x W, got shape {tuple(inputs.shape)}")
     targets = [int(t) for t in target_indices]
@@ -131,11 +132,7 @@ def gradcam_gallery(
 ) -> Path:
     """Save a PNG grid: each grey image with its CAM (resized to the image) as a heat overlay, the caption above,
     and the true mask's outline when ``masks`` gives one."""
-    import matplotlib
-
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     count = len(images)
     if len(cams) != count or len(captions) != count or (masks is not None and len(masks) != count):
         raise ValueError("images, cams, captions (and masks) must have the same length")

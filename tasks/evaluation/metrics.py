@@ -1,9 +1,10 @@
 """Evaluation: the safety-first decision rule, threshold calibration, metrics, bootstrap intervals and plots.
 
 Framework-free: numpy arrays in, plain Python values (JSON-serialisable: floats, ints, lists, ``None``) out.
-Class indices are model *output* indices (``class_names[i]`` names index ``i``; see :class:`tasks.labels.LabelSpace`).
+Class indices are model *output* indices (``class_names[i]`` names index ``i``; see
+:class:`steelqc.tasks.data.labels.LabelSpace`).
 
-Conventions (the ``metrics`` contract of ARCHITECTURE.md):
+Conventions (the ``metrics`` block of README "The training pipeline", Evaluation):
 
 * Decisions come from :func:`decide`: the critical class is predicted when its probability reaches the threshold,
   otherwise the most probable *other* class; no threshold means plain argmax.
@@ -17,6 +18,8 @@ Conventions (the ``metrics`` contract of ARCHITECTURE.md):
   positive and one negative; ``roc_auc_macro`` is the mean over those classes, ``roc_auc_micro`` the AUC of the
   flattened one-hot labels against the flattened probabilities; ``None`` when not computable.
 """
+
+# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
 
 from __future__ import annotations
 
@@ -185,7 +188,7 @@ def _binary_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     n_pos = int(positive.sum())
     if n_pos == 0 or n_pos == positive.size:
         return None
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # noqa: PLC0415  (lazy: see _pyplot)
 
     return float(roc_auc_score(positive.astype(np.int64), scores))
 
@@ -389,10 +392,12 @@ def most_confident_mistakes(y_true: np.ndarray, y_pred: np.ndarray, proba: np.nd
 
 
 def _pyplot():
-    import matplotlib
+    # sklearn and matplotlib are imported where used: model_registry.packaging imports this module (decide), and
+    # loading a model (`steelqc predict`, the MLflow loader) should not pay ~2 s for them.
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
 
@@ -429,7 +434,7 @@ def plot_confusion_matrix(cm: np.ndarray | list, class_names: Sequence[str], pat
 
 def plot_roc(y_true: np.ndarray, proba: np.ndarray, class_names: Sequence[str], path: Path | str) -> Path:
     """One-vs-rest ROC curves (classes with a positive and a negative) plus the micro-average, as a PNG."""
-    from sklearn.metrics import roc_curve
+    from sklearn.metrics import roc_curve  # noqa: PLC0415  (lazy: see _pyplot)
 
     plt = _pyplot()
     proba = _as_proba(proba)

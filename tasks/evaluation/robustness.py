@@ -34,18 +34,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 GLARE_VARIANTS = ("clean", "dim", "bright")
-SHIFT = 0.3  # ImageNet-C brightness severity 3, in intensity units
-BAND_PEAK = 0.4  # extra intensity on the highlight band's axis
 BAND_WIDTH_RANGE = (0.05, 0.15)  # band FWHM as a share of the image width
 BAND_ANGLE_RANGE_DEG = (-45.0, 45.0)  # band axis angle from vertical
 _LEVELS = 255.0
-_SHIFT_LEVELS = 76.5  # SHIFT * 255, written out so exactness does not rest on float rounding
-_PEAK_LEVELS = 102.0  # BAND_PEAK * 255
+# ImageNet-C brightness severity 3 (a shift of 0.3 in [0, 1] intensity units) and the extra intensity 0.4 on the
+# highlight band's axis, in grey levels (x 255), written out so exactness does not rest on float rounding
+_SHIFT_LEVELS = 76.5
+_PEAK_LEVELS = 102.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
@@ -141,8 +143,8 @@ def glare_corruption(variant: str, seed: int = 0) -> Callable[[np.ndarray, str],
 
 def glare_summary(f1_clean: float | None, f1_dim: float | None, f1_bright: float | None) -> dict:
     """The ``glare`` block of the metrics: the three F1s, ``delta_f1`` (largest drop from clean, never negative)
-    and ``delta_f1_dim_bright`` (|dim - bright|, the notebook's figure). A missing (None) F1 makes the figures
-    that need it None; ``delta_f1`` uses whichever corrupted F1s are known."""
+    and ``delta_f1_dim_bright`` (|dim - bright|, see README "The training pipeline"). A missing (None) F1 makes the
+    figures that need it None; ``delta_f1`` uses whichever corrupted F1s are known."""
 
     def num(value: float | None) -> float | None:
         return None if value is None or math.isnan(float(value)) else float(value)
@@ -160,11 +162,7 @@ def glare_summary(f1_clean: float | None, f1_dim: float | None, f1_bright: float
 
 def glare_examples_figure(image: np.ndarray, image_id: str, path: Path | str, seed: int = 0) -> Path:
     """Save a PNG showing ``image`` clean, dim and bright (wide images stacked, others side by side)."""
-    import matplotlib
-
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     image = _check_image(image)
     variants = {"clean": image, "dim": dim(image), "bright": bright(image, image_id, seed)}
     height, width = image.shape[:2]

@@ -73,7 +73,8 @@ def _conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class SimpleCNN(nn.Module):
-    """The notebook baseline: 3 conv blocks (32, 64, 128 channels), global average pool, linear head."""
+    """The baseline (README "The training pipeline", Models): 3 conv blocks (32, 64, 128 channels), global average
+    pool, linear head."""
 
     def __init__(self, num_classes: int, in_channels: int = 3):
         super().__init__()

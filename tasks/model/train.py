@@ -90,7 +90,7 @@ class TrainConfig:
 
     ``amp`` applies on CUDA only; ``channels_last`` on every device. ``patience`` <= 0 turns early stopping off.
     ``max_train_batches`` caps the batches of an epoch (tests, smoke runs). ``height``/``width``/``channels``/
-    ``normalize`` are the :class:`InputSpec` (see :meth:`with_spec`); ``device``: auto, cpu or cuda.
+    ``normalize`` are the :class:`InputSpec` (see :attr:`input_spec`); ``device``: auto, cpu or cuda.
     """
 
     model: str = _DEFAULTS.model
@@ -158,11 +158,6 @@ class TrainConfig:
     @property
     def input_spec(self) -> InputSpec:
         return InputSpec(height=self.height, width=self.width, channels=self.channels, normalize=self.normalize)
-
-    @classmethod
-    def with_spec(cls, spec: InputSpec, **kwargs: Any) -> TrainConfig:
-        """A config whose input fields come from ``spec``."""
-        return cls(**{**spec.to_dict(), **kwargs})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for MLflow params and checkpoints)."""
@@ -542,7 +537,6 @@ def train_model(
             "data_digest": digest,
             "model_state": _cpu_state(model),
             "optimizer_state": optimizer.state_dict(),
-            "scheduler_state": {"name": cfg.scheduler, "last_epoch": epoch, "epochs": cfg.epochs, "lr": lr},
             "scaler_state": scaler.state_dict(),
             "rng": rng_state(),
         }

@@ -29,12 +29,16 @@ from optuna.trial import TrialState
 
 from steelqc.tasks.config import OPTUNA_GRACE_S, OPTUNA_HEARTBEAT_S
 from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.evaluation.assess import calibrate, true_indices
+from steelqc.tasks.evaluation.metrics import compute_metrics
+from steelqc.tasks.model.inference import load_model, predict_proba
+from steelqc.tasks.model.train import TrainConfig, train_model
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-# The notebook's space plus the model family; every entry can be overridden from settings.
+# The search space of README "Hyperparameter tuning"; every entry can be overridden from settings.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
     "batch_size": {"type": "categorical", "choices": [16, 32, 64]},
@@ -137,10 +141,6 @@ def make_objective(
     on_trial: Callable[[optuna.Trial, dict[str, Any], dict[str, Any]], None] | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The objective: train with the trial's parameters, calibrate on validation, score macro-F1."""
-    from steelqc.tasks.evaluation.assess import calibrate, true_indices
-    from steelqc.tasks.evaluation.metrics import compute_metrics
-    from steelqc.tasks.model.inference import load_model, predict_proba
-    from steelqc.tasks.model.train import TrainConfig, train_model
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)

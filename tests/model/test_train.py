@@ -67,7 +67,7 @@ def test_config_round_trip_and_fingerprint() -> None:
     c = cfg(scheduler="cosine")
     assert TrainConfig.from_dict(c.to_dict()) == c
     assert c.input_spec == InputSpec(*SHAPE)
-    assert TrainConfig.with_spec(InputSpec(48, 48, 1), model="resnet50").input_spec == InputSpec(48, 48, 1)
+    assert TrainConfig(**InputSpec(48, 48, 1).to_dict(), model="resnet50").input_spec == InputSpec(48, 48, 1)
     same = cfg(scheduler="cosine", epochs=9, patience=5, num_workers=2, device="cpu")
     assert c.fingerprint() == same.fingerprint()
     assert c.fingerprint() != cfg(scheduler="cosine", lr=1e-2).fingerprint()

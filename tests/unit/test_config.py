@@ -13,7 +13,7 @@ from steelqc.tasks.config import Settings, label_priority_ids, load_settings
 def test_defaults_match_the_product() -> None:
     s = Settings()
     assert s.class_names == {0: "ok", 1: "crack", 2: "scratch", 3: "dent", 4: "other"}
-    assert s.critical_class == "crack" and s.critical_id == 1
+    assert s.critical_class == "crack" and s.class_ids[s.critical_class] == 1
     assert s.image_shape == (256, 1600) and s.seed == 42
     assert (s.split.train, s.split.val, s.split.test) == (0.70, 0.15, 0.15)
     assert s.gates.macro_f1_min == 0.80 and s.gates.glare_delta_f1_max == 0.03
