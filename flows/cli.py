@@ -1,6 +1,12 @@
 """The ``steelqc`` command line. Every command takes ``--json`` and then prints one JSON object on stdout;
-logs and progress go to stderr. Exit codes: 0 done, 1 done but nothing usable (or ``--strict`` and faults),
-2 bad input or usage."""
+without it, a short readable summary (``flows/summary.py``). Logs and progress go to stderr. Exit codes: 0 done,
+1 done but nothing usable (or ``--strict`` and faults), 2 bad input or usage.
+
+Imports of torch, MLflow, Prefect, pandas and numpy stay inside the commands that need them (``# noqa: PLC0415``),
+so ``steelqc --help`` and the light commands start fast.
+"""
+
+# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
 
 from __future__ import annotations
 
@@ -9,17 +15,22 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console, RenderableType
 
 try:  # typer >= 0.26 carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, UsageError
 
+from steelqc.flows import deployments
+from steelqc.flows import summary as readable
+from steelqc.infra import services
 from steelqc.tasks.config import Settings, load_settings
 
 app = typer.Typer(
@@ -51,13 +62,34 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging on stderr.")] = False,
 ) -> None:
     """steelqc: MLOps for steel-surface defect classification."""
+    setup_logging(verbose)
+    _state.config = config
+    _use_local_servers()
+
+
+# Libraries that log every request or migration at INFO: quiet unless -v. (Prefect keeps this configuration: its
+# logging setup leaves the root handler and the levels of loggers it does not name alone.)
+NOISY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "urllib3",
+    "alembic",
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "mlflow.store.db.utils",
+)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Logs on stderr: INFO (DEBUG with -v); request and migration logs of libraries at WARNING unless -v."""
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _state.config = config
-    _use_local_servers()
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def _use_local_servers() -> None:
@@ -68,11 +100,9 @@ def _use_local_servers() -> None:
         cfg = load_settings(_state.config)
     except Exception:  # reported by the command itself
         return
-    from steelqc.infra.services import healthy, read_pid
-
-    if read_pid(cfg.home, "prefect") is not None:
+    if services.read_pid(cfg.home, "prefect") is not None:
         url = f"http://{cfg.server_host}:{cfg.prefect_port}/api"
-        if healthy(f"{url}/health", 1.0):
+        if services.healthy(f"{url}/health", 1.0):
             os.environ["PREFECT_API_URL"] = url
             log.debug("using the local Prefect server at %s", url)
 
@@ -106,16 +136,20 @@ def unusable_dir(path: Path) -> str | None:
     return None
 
 
-def emit(summary: dict, as_json: bool) -> None:
-    """Print the summary: one JSON object on stdout, or a readable listing."""
+def emit(summary: dict, as_json: bool, view: Callable[[dict], RenderableType] = readable.listing) -> None:
+    """Print the summary: one JSON object on stdout, or ``view(summary)`` (a short readable listing by default)."""
     _state.emitted = True
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
         sys.stdout.flush()
         return
-    for key, value in summary.items():
-        text = json.dumps(value, default=str) if isinstance(value, dict | list) else value
-        typer.echo(f"{key:>20}: {text}")
+    # wide enough for paths when piped; a terminal's own width otherwise (and COLUMNS wins, as rich reads it)
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+    console = Console(file=sys.stdout, width=width, soft_wrap=False)
+    with console.capture() as captured:
+        console.print(view(summary))
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    sys.stdout.flush()
 
 
 def _fail(message: str, as_json: bool, code: int = 2, **extra: Any) -> None:
@@ -172,7 +206,7 @@ def synth(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate a Severstal-format data set (steel-like texture, four defect kinds, RLE masks)."""
-    from steelqc.tasks.data.synth import generate_dataset, parse_mix
+    from steelqc.tasks.data.synth import generate_dataset, parse_mix  # noqa: PLC0415  (numpy, Pillow: slow)
 
     cfg = settings()
     if fault := unusable_dir(out):
@@ -208,21 +242,18 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a data set: manifest, quarantine list (with reasons) and fingerprint."""
-    from steelqc.tasks.data.ingest import IngestError, check_out_dir, new_run_dir, write_outputs
-    from steelqc.tasks.data.ingest import ingest as run_ingest
+    from steelqc.tasks.data.ingest import IngestError, check_out_dir  # noqa: PLC0415  (pandas: slow)
+    from steelqc.tasks.data.prepare import ingest_to_folder  # noqa: PLC0415  (pandas: slow)
 
     cfg = settings()
     if fmt not in ("auto", "severstal", "folders"):
         _fail(f"--format must be auto, severstal or folders, not {fmt!r}", as_json)
     try:
         if out is not None:
-            check_out_dir(out, data)
+            check_out_dir(out, data)  # before creating it: never a folder inside the data
             if fault := unusable_dir(out):
                 _fail(f"--out {out}: {fault}", as_json, file=str(out))
-        else:
-            check_out_dir(cfg.runs_dir, data)
-        result = run_ingest(data, cfg, fmt, critical_class)  # type: ignore[arg-type]
-        summary = write_outputs(result, out or new_run_dir(cfg, "ingest"))
+        _, summary = ingest_to_folder(data, cfg, fmt, critical_class, out)
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     log.info(
@@ -245,56 +276,33 @@ def split(
     as_json: JsonOpt = False,
 ) -> None:
     """Split a manifest into train/val/test (stratified, stable under growth) in RUN_DIR/splits/."""
-    from steelqc.tasks.data.ingest import load_manifest
-    from steelqc.tasks.data.split import (
-        SplitError,
-        assign_splits,
-        read_ledger,
-        split_counts,
-        update_ledger,
-        write_splits,
-    )
+    from steelqc.tasks.data.prepare import split_run_folder  # noqa: PLC0415  (pandas: slow)
+    from steelqc.tasks.data.split import SplitError  # noqa: PLC0415  (pandas: slow)
 
     cfg = settings()
     manifest_path = run_dir / "manifest.csv"
     if not manifest_path.is_file():
         _fail(f"{manifest_path} not found (run `steelqc ingest` first)", as_json)
-    manifest = load_manifest(manifest_path)
-    ledger_path = cfg.home / "split_ledger.csv"
     try:
-        previous = read_ledger(ledger_path) if ledger else {}
-        assignment, warnings = assign_splits(manifest, cfg.split, cfg.seed, previous)
+        summary = split_run_folder(run_dir, cfg, ledger)
     except SplitError as exc:
         _fail(str(exc), as_json)
-    paths = write_splits(manifest, assignment, run_dir)
-    added = update_ledger(ledger_path, manifest, assignment) if ledger else 0
-    emit(
-        {
-            "splits": paths,
-            "counts": split_counts(manifest, assignment),
-            "warnings": warnings,
-            "ledger": str(ledger_path) if ledger else None,
-            "ledger_added": added,
-        },
-        as_json,
-    )
+    emit(summary, as_json)
 
 
 @contextlib.contextmanager
 def prefect_api(cfg: Settings) -> Iterator[None]:
     """The Prefect API for a command that runs a flow: the configured or local server, else a temporary one that
     cannot outlive this process (Prefect's own temporary server survives a ``kill -9`` of the command)."""
-    from steelqc.infra.services import reap_orphans, temporary_prefect
-
     if os.environ.get("PREFECT_API_URL"):
-        reap_orphans(cfg.home)
+        services.reap_orphans(cfg.home)
         yield
         return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.events.worker import EventsWorker  # noqa: PLC0415  (Prefect: slow)
+    from prefect.logging.handlers import APILogWorker  # noqa: PLC0415  (Prefect: slow)
+    from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: PLC0415  (Prefect: slow)
 
-    with temporary_prefect(cfg.home) as url, temporary_settings(updates={PREFECT_API_URL: url}):
+    with services.temporary_prefect(cfg.home) as url, temporary_settings(updates={PREFECT_API_URL: url}):
         os.environ["PREFECT_API_URL"] = url  # for worker processes this command starts
         try:
             yield
@@ -306,12 +314,13 @@ def prefect_api(cfg: Settings) -> Iterator[None]:
 
 def _run_training(as_json: bool, **kwargs: Any) -> dict:
     """Run the training-pipeline flow; bad input exits 2, a failed run exits 1."""
-    from steelqc.flows.training import training_pipeline
-    from steelqc.tasks.data.ingest import IngestError
+    from steelqc.flows.training import training_pipeline  # noqa: PLC0415  (torch, MLflow, Prefect: slow)
+    from steelqc.tasks.data.ingest import IngestError  # noqa: PLC0415  (pandas: slow)
 
     try:
         with prefect_api(settings()):
-            return training_pipeline(**kwargs)
+            result = training_pipeline(**kwargs)
+        return result.to_dict() if hasattr(result, "to_dict") else result  # the flow's TrainingResult as JSON
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     except ValueError as exc:  # bad option values (unknown model, profile, ...)
@@ -320,6 +329,38 @@ def _run_training(as_json: bool, **kwargs: Any) -> dict:
         log.exception("training pipeline failed")
         _fail(f"training pipeline failed: {type(exc).__name__}: {exc}", as_json, code=1)
     raise AssertionError("unreachable")
+
+
+def _training_settings(approval: str | None, as_json: bool) -> Settings:
+    """The settings of a training run, checked before Prefect starts (manual approval needs a lasting server)."""
+    if approval not in (None, "auto", "manual"):
+        _fail(f"--approval must be auto or manual, not {approval!r}", as_json)
+    cfg = settings()
+    if (approval or cfg.approval) == "manual" and not os.environ.get("PREFECT_API_URL"):
+        _fail(
+            "manual approval needs a Prefect server the reviewer can reach: run `steelqc server start` "
+            "(or set PREFECT_API_URL)",
+            as_json,
+        )
+    return cfg
+
+
+def _prefect_ui() -> str | None:
+    """The UI of the Prefect server a flow is about to run on; None for a temporary one (gone after the run)."""
+    url = os.environ.get("PREFECT_API_URL")
+    return url.rstrip("/").removesuffix("/api") if url else None
+
+
+def _ui_links(cfg: Settings, summary: dict, prefect_ui: str | None) -> dict[str, str]:
+    """Where to look at a run: the MLflow run and model version, the Prefect flow run (when it was kept)."""
+    remote = cfg.mlflow_uri.startswith(("http://", "https://"))
+    mlflow_ui = cfg.mlflow_uri if remote else f"http://{cfg.server_host}:{cfg.mlflow_port}"
+    links = readable.ui_links(summary, mlflow_ui, prefect_ui)
+    if prefect_ui is None and summary.get("flow_run_id"):
+        links["Prefect run"] = "on a temporary server, gone: `steelqc server start` before a run keeps it in the UI"
+    if not remote and services.read_pid(cfg.home, "mlflow") is None:
+        links["UIs"] = "not running: `steelqc server start` (MLflow then shows this run and every earlier one)"
+    return links
 
 
 @app.command()
@@ -344,38 +385,14 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the training pipeline: ingest, split, (tune,) train, evaluate, gate, register and promote."""
-    if approval not in (None, "auto", "manual"):
-        _fail(f"--approval must be auto or manual, not {approval!r}", as_json)
-    cfg = settings()  # validate the settings before starting Prefect
-    if (approval or cfg.approval) == "manual" and not os.environ.get("PREFECT_API_URL"):
-        _fail(
-            "manual approval needs a Prefect server the reviewer can reach: run `steelqc server start` "
-            "(or set PREFECT_API_URL)",
-            as_json,
-        )
-    overrides = {
-        "batch_size": batch_size,
-        "lr": lr,
-        "height": height,
-        "width": width,
-        "weights": weights,
-        "freeze_stages": freeze_stages,
-    }
+    cfg, prefect_ui = _training_settings(approval, as_json), _prefect_ui()
+    sizes = dict(batch_size=batch_size, lr=lr, height=height, width=width, weights=weights, freeze_stages=freeze_stages)
+    run = dict(model=model, epochs=epochs, fmt=fmt, critical_class=critical_class, approval=approval, resume=resume)
     summary = _run_training(
-        as_json,
-        data=str(data),
-        model=model,
-        epochs=epochs,
-        fmt=fmt,
-        critical_class=critical_class,
-        approval=approval,
-        resume=resume,
-        profile=profile,
-        train_overrides=overrides,
-        tune_trials=tune_trials,
-        tune_workers=workers,
-    )
-    emit(summary, as_json)
+        as_json, data=str(data), profile=profile, train_overrides=sizes, tune_trials=tune_trials, tune_workers=workers,
+        **run,
+    )  # fmt: skip
+    emit(summary, as_json, lambda s: readable.training_report(s, _ui_links(cfg, s, prefect_ui)))
     if require_promotion and not summary["promoted"]:
         raise typer.Exit(1)
 
@@ -391,8 +408,8 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune hyperparameters with Optuna (resumable: the study is named by data and search space)."""
-    from steelqc.flows.tuning import tuning_flow
-    from steelqc.tasks.data.ingest import IngestError
+    from steelqc.flows.tuning import tuning_flow  # noqa: PLC0415  (torch, MLflow, Prefect: slow)
+    from steelqc.tasks.data.ingest import IngestError  # noqa: PLC0415  (pandas: slow)
 
     cfg = settings()
     try:
@@ -405,7 +422,8 @@ def tune(
     except Exception as exc:
         log.exception("tuning failed")
         _fail(f"tuning failed: {type(exc).__name__}: {exc}", as_json, code=1)
-    emit(summary, as_json)
+    links = _ui_links(cfg, {"run_id": summary.get("parent_run_id")}, None)
+    emit(summary, as_json, lambda s: readable.tuning_report(s, links))
 
 
 @app.command()
@@ -416,8 +434,8 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics of a registered or logged model on a data set (clean, glare, Grad-CAM in masks)."""
-    from steelqc.flows.evaluation import evaluate_model
-    from steelqc.tasks.data.ingest import IngestError
+    from steelqc.flows.evaluation import evaluate_model  # noqa: PLC0415  (torch, MLflow: slow)
+    from steelqc.tasks.data.ingest import IngestError  # noqa: PLC0415  (pandas: slow)
 
     cfg = settings()
     try:
@@ -426,7 +444,7 @@ def evaluate(
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     except Exception as exc:
         _fail(f"cannot evaluate {model}: {type(exc).__name__}: {exc}", as_json)
-    emit(summary, as_json)
+    emit(summary, as_json, readable.evaluation_report)
     if summary["n_images"] == 0:
         log.error("no usable image in %s: nothing was scored (see %s)", data, summary["run_dir"])
         raise typer.Exit(1)
@@ -443,7 +461,7 @@ def predict(
 
     An unreadable image gets a record with ``error`` (and null label); the others are predicted (exit 0, or 1
     under --strict)."""
-    from steelqc.flows.evaluation import predict_images
+    from steelqc.flows.evaluation import predict_images  # noqa: PLC0415  (torch, MLflow: slow)
 
     try:
         summary = predict_images(model, paths, settings())
@@ -452,7 +470,7 @@ def predict(
     for record in summary["predictions"]:
         if record.get("error"):
             log.error("%s: %s", record["image"], record["error"])
-    emit(summary, as_json)
+    emit(summary, as_json, readable.predictions)
     if strict and summary["failed"]:
         raise typer.Exit(1)
 
@@ -462,7 +480,7 @@ app.add_typer(registry, name="registry")
 
 
 def _registry_client():
-    from steelqc.model_registry.store import client, configure
+    from steelqc.model_registry.store import client, configure  # noqa: PLC0415  (MLflow: slow)
 
     cfg = settings()
     configure(cfg)
@@ -472,7 +490,7 @@ def _registry_client():
 @registry.command("history")
 def registry_history(as_json: JsonOpt = False) -> None:
     """Every registry decision: when, what, from which version to which, why, by whom."""
-    from steelqc.model_registry import promotion
+    from steelqc.model_registry import promotion  # noqa: PLC0415  (MLflow: slow)
 
     cfg, c = _registry_client()
     events = promotion.history(c, cfg.registered_model)
@@ -504,7 +522,7 @@ def registry_promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Point an alias at a version whose gates passed (audited)."""
-    from steelqc.model_registry import promotion
+    from steelqc.model_registry import promotion  # noqa: PLC0415  (MLflow: slow)
 
     cfg, c = _registry_client()
     try:
@@ -531,13 +549,10 @@ def registry_approve(
 
     Exit 0 when the decision was applied, 1 when the run refused it (self-approval, champion moved meanwhile).
     """
-    import time
-    import uuid
+    from prefect.exceptions import ObjectNotFound  # noqa: PLC0415  (Prefect: slow)
+    from prefect.flow_runs import resume_flow_run  # noqa: PLC0415  (Prefect: slow)
 
-    from prefect.exceptions import ObjectNotFound
-    from prefect.flow_runs import resume_flow_run
-
-    from steelqc.model_registry import promotion
+    from steelqc.model_registry import approval, promotion  # noqa: PLC0415  (MLflow: slow)
 
     cfg, c = _registry_client()
     try:
@@ -552,23 +567,13 @@ def registry_approve(
         _fail(f"no flow run {flow_run_id} on the Prefect server", as_json)
     except Exception as exc:  # not paused, pause expired, bad input
         _fail(f"cannot resume flow run {flow_run_id}: {type(exc).__name__}: {exc}", as_json, code=1)
-    deadline = time.monotonic() + wait
-    event = None
-    while event is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        new = [e for e in promotion.history(c, cfg.registered_model) if e["seq"] not in before]
-        event = next((e for e in new if e.get("flow_run_id") == flow_run_id), None)
+    event = approval.wait_for_decision(c, cfg.registered_model, flow_run_id, before, wait)
     if event is None:
         _fail(f"flow run {flow_run_id} resumed, but recorded no decision within {wait:.0f} s", as_json, code=1)
-    summary = {
-        "flow_run_id": flow_run_id,
-        **decision,
-        "applied": not event["action"].endswith("-refused"),
-        "event": event,
-        "aliases": promotion.aliases(c, cfg.registered_model),
-    }
-    emit(summary, as_json)
-    if not summary["applied"]:
+    applied = not event["action"].endswith("-refused")
+    aliases = promotion.aliases(c, cfg.registered_model)
+    emit({"flow_run_id": flow_run_id, **decision, "applied": applied, "event": event, "aliases": aliases}, as_json)
+    if not applied:
         raise typer.Exit(1)
 
 
@@ -578,7 +583,7 @@ def registry_rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Put back the last earlier champion that passed its gates (audited)."""
-    from steelqc.model_registry import promotion
+    from steelqc.model_registry import promotion  # noqa: PLC0415  (MLflow: slow)
 
     cfg, c = _registry_client()
     try:
@@ -595,7 +600,7 @@ def registry_repackage(
 ) -> None:
     """Rebuild old-format versions (pickled python_model.pkl) from their weight files, never unpickling them, as new
     versions with hash tags; their aliases follow (audited). Exit 1 when one could not be repackaged."""
-    from steelqc.model_registry import packaging, promotion
+    from steelqc.model_registry import packaging, promotion  # noqa: PLC0415  (MLflow, torch: slow)
 
     cfg, c = _registry_client()
     name, timeout = cfg.registered_model, cfg.lock_timeout_s
@@ -618,9 +623,7 @@ WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or m
 
 
 def _server_plans(cfg: Settings) -> dict:
-    from steelqc.infra.services import plans
-
-    return plans(
+    return services.plans(
         cfg.home,
         cfg.server_host,
         cfg.prefect_port,
@@ -633,20 +636,16 @@ def _server_plans(cfg: Settings) -> dict:
 
 
 def _which(only: list[str] | None, as_json: bool) -> list[str]:
-    from steelqc.infra.services import SERVICES
-
-    names = only or list(SERVICES)
-    unknown = sorted(set(names) - set(SERVICES))
+    names = only or list(services.SERVICES)
+    unknown = sorted(set(names) - set(services.SERVICES))
     if unknown:
-        _fail(f"unknown server {unknown}; choose from {list(SERVICES)}", as_json)
+        _fail(f"unknown server {unknown}; choose from {list(services.SERVICES)}", as_json)
     return names
 
 
 @server.command("start")
 def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Start the servers in the background (logs and pid files under STEELQC_HOME/servers); wait until healthy."""
-    from steelqc.infra import services
-
     cfg = settings()
     names = _which(only, as_json)
     out = {}
@@ -664,8 +663,6 @@ def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
 @server.command("stop")
 def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Stop the servers started by `steelqc server start`."""
-    from steelqc.infra import services
-
     cfg = settings()
     emit({"servers": {name: services.stop(cfg.home, name) for name in _which(only, as_json)}}, as_json)
 
@@ -673,8 +670,6 @@ def server_stop(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
 @server.command("status")
 def server_status(as_json: JsonOpt = False) -> None:
     """Whether each server runs and answers its health check. Exit 1 when one is down."""
-    from steelqc.infra import services
-
     cfg = settings()
     out = {name: services.status(cfg.home, plan) for name, plan in _server_plans(cfg).items()}
     emit({"servers": out}, as_json)
@@ -692,8 +687,6 @@ def serve_cmd(
     Needs a Prefect server (`steelqc server start`). Stopping this process leaves the schedules active; starting
     it again (a re-deploy) keeps them.
     """
-    from steelqc.flows import deployments
-
     cfg = settings()
     if not os.environ.get("PREFECT_API_URL"):
         _fail("steelqc serve needs a Prefect server: run `steelqc server start` (or set PREFECT_API_URL)", as_json)
@@ -728,9 +721,9 @@ def demo(
     0.96), MobileNetV2 (ImageNet weights, offline), 96x608 input, at most 6 epochs. `steelqc train` uses 128x800
     on CPU by default.
     """
-    from steelqc.tasks.data.synth import generate_dataset, parse_mix
+    from steelqc.tasks.data.synth import generate_dataset, parse_mix  # noqa: PLC0415  (numpy, Pillow: slow)
 
-    cfg = settings()
+    cfg, prefect_ui = settings(), _prefect_ui()
     data = cfg.home / "demo-data" / f"seed{seed}-n{n_images}"
     if (data / "train.csv").exists():
         log.info("reusing generated data in %s", data)
@@ -747,9 +740,7 @@ def demo(
         "evaluate_champion": f"steelqc evaluate --model models:/steel-defect-classifier@champion --data {data} --json",
         "history": "steelqc registry history",
     }
-    emit(summary, as_json)
-    if not as_json:
-        typer.echo("\nLook at it: " + summary["next"]["servers"] + ", then " + summary["next"]["mlflow_ui"], err=True)
+    emit(summary, as_json, lambda s: readable.demo_report(s, _ui_links(cfg, s, prefect_ui)))
 
 
 if __name__ == "__main__":  # pragma: no cover
