@@ -30,11 +30,11 @@ FIGURES = {
     "champion": ("vs champion", None, None),
 }
 DEMO_NOTE = (
-    "What this champion is: a model of generated images (steelqc synth). It shows the pipeline (gates, registry, "
-    "approval), not a model for real steel: on the 47 real Severstal images in "
-    "../shared/data/severstal-sample it scored macro-F1 0.08 when measured here, below chance. To train on real "
-    "data: steelqc train --data DIR, with DIR in the Severstal layout (train.csv + train_images/) or one folder "
-    "per class (DIR/ok/*.jpg, DIR/crack/*.jpg, ...)."
+    "What the demo's model is: a model of generated images (steelqc synth). It shows the pipeline (gates, registry, "
+    "approval), not a model for real steel: the demo's champion scored macro-F1 0.08 on the 47 real Severstal images "
+    "in ../shared/data/severstal-sample when measured here, below chance. To train on real data: steelqc train --data "
+    "DIR, with DIR in the Severstal layout (train.csv + train_images/) or one folder per class (DIR/ok/*.jpg, "
+    "DIR/crack/*.jpg, ...)."
 )
 
 
@@ -231,7 +231,7 @@ def training_report(summary: Mapping, links: Mapping[str, str] | None = None, no
     ]
     parts: list[RenderableType] = [title, figures_table(metrics, gate_entries(summary)), details(rows)]
     if note:
-        parts.append(Text(note, style="yellow"))
+        parts += [Text(""), Text(note, style="yellow")]
     return Group(*parts)
 
 
@@ -239,7 +239,8 @@ def demo_report(summary: Mapping, links: Mapping[str, str] | None = None) -> Gro
     """``demo`` without --json: the training report, what its model is (and is not), and what to try next."""
     next_steps = details((key.replace("_", " "), value) for key, value in (summary.get("next") or {}).items())
     data = details([("demo data", summary.get("demo_data"))])
-    return Group(training_report(summary, links, note=DEMO_NOTE), data, Text("next", style="bold"), next_steps)
+    report = training_report(summary, links, note=DEMO_NOTE)
+    return Group(report, Text(""), data, Text("next", style="bold"), next_steps)
 
 
 def _train_line(train: Mapping | None) -> str | None:
