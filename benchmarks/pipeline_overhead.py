@@ -44,7 +44,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="steelqc-overhead-"))
     os.environ["STEELQC_HOME"] = str(work / "home")
 
-    import pandas as pd
     from prefect import flow
 
     from steelqc.flows.training import (
@@ -56,6 +55,7 @@ def main() -> None:
     )
     from steelqc.tasks.config import load_settings
     from steelqc.tasks.data.labels import LabelSpace
+    from steelqc.tasks.data.split import load_split
     from steelqc.tasks.data.synth import generate_dataset
     from steelqc.tasks.model.train import TrainConfig, resolve_config, train_model
     from steelqc.tasks.runs import write_state
@@ -76,8 +76,7 @@ def main() -> None:
     cfg = resolve_config(settings, overrides)
     run_dir = run_folder_step.fn(ingest, cfg.fingerprint(), False, {})
     split_step.fn(run_dir, {})
-    splits = Path(run_dir) / "splits"
-    train_df, val_df = (pd.read_csv(splits / f"{s}.csv", dtype={"image_id": str}) for s in ("train", "val"))
+    train_df, val_df = load_split(run_dir, "train"), load_split(run_dir, "val")
     label_space = LabelSpace.from_dict(ingest["label_space"])
 
     def bare_once(tag: str) -> float:

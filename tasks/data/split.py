@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from steelqc.tasks.config import SplitFractions
+from steelqc.tasks.data.ingest import load_manifest
 from steelqc.tasks.fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,14 @@ def write_splits(manifest: pd.DataFrame, split: pd.Series, out_dir: Path) -> dic
         frame[frame["split"] == name].to_csv(path, index=False)
         paths[name] = str(path)
     return paths
+
+
+def load_split(run_dir: Path | str, name: str) -> pd.DataFrame:
+    """Split ``name`` (train, val or test) of a run folder, as :func:`write_splits` wrote it: the manifest's rows
+    and dtypes plus ``split``. The one way split files are read."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; choose from {SPLITS}")
+    return load_manifest(Path(run_dir) / "splits" / f"{name}.csv")
 
 
 def split_counts(manifest: pd.DataFrame, split: pd.Series) -> dict[str, dict[str, int]]:

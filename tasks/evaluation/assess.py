@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from steelqc.tasks.data.datasets import InputSpec, ManifestDataset, read_image
 from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.explain import gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
 from steelqc.tasks.evaluation.metrics import (
     calibrate_threshold,
@@ -31,7 +33,8 @@ from steelqc.tasks.evaluation.metrics import (
     plot_roc,
 )
 from steelqc.tasks.evaluation.robustness import GLARE_VARIANTS, glare_corruption, glare_examples_figure, glare_summary
-from steelqc.tasks.model.inference import predict_proba
+from steelqc.tasks.model.inference import load_model, predict_proba, select_device
+from steelqc.tasks.model.models import gradcam_target_layer
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,10 @@ def assess(
     device: str = "cpu",
     bootstrap_samples: int = 1000,
     max_cam_images: int = 64,
+    calibration: dict | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on ``frame`` clean, dimmed and brightened; write metrics.json and the plots.
+    """Score ``model`` on ``frame`` clean, dimmed and brightened; write metrics.json (once, with ``calibration``,
+    how ``threshold`` was chosen, when given) and the plots.
 
     Returns ``{"metrics": {...}, "artifacts": {name: path}, "seconds": float}``.
     """
@@ -126,11 +131,61 @@ def assess(
         "true": y_true.tolist(),
         "pred": y_pred.tolist(),
     }
+    if calibration is not None:
+        metrics["calibration"] = calibration
     artifacts = {k: str(v) for k, v in artifacts.items()}
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     artifacts["metrics"] = str(metrics_path)
     return {"metrics": metrics, "artifacts": artifacts, "seconds": round(time.perf_counter() - start, 2)}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A training run's best checkpoint assessed on its test split: the figures (``metrics``, calibration
+    included), the files written (``artifacts``: name -> path) and what registering the model needs."""
+
+    metrics: dict[str, Any]
+    artifacts: dict[str, str]
+    calibration: dict[str, Any]
+    architecture: str
+    input_spec: dict[str, Any]
+    label_space: LabelSpace
+
+    @property
+    def threshold(self) -> float | None:
+        return self.calibration["threshold"]
+
+
+def evaluate_run(
+    checkpoint: Path, run_dir: Path, target_recall: float, seed: int = 0, bootstrap_samples: int = 1000
+) -> Evaluation:
+    """Calibrate the critical threshold on the run's validation split, then :func:`assess` on its test split (clean,
+    dim, bright, Grad-CAM inside the RLE masks when ``run_dir/masks.csv`` holds any) into ``run_dir/evaluation``."""
+    device = select_device()
+    model, meta = load_model(Path(checkpoint), device)
+    label_space = LabelSpace.from_dict(meta["label_space"])
+    spec = InputSpec.from_dict(meta["input_spec"])
+    calibration = calibrate(model, load_split(run_dir, "val"), label_space, spec, target_recall, device=device)
+    masks_path = Path(run_dir) / "masks.csv"
+    masks = pd.read_csv(masks_path, dtype={"image_id": str}) if masks_path.exists() else None
+    result = assess(
+        model,
+        gradcam_target_layer(model, meta["model_name"]),
+        load_split(run_dir, "test"),
+        label_space,
+        spec,
+        Path(run_dir) / "evaluation",
+        calibration["threshold"],
+        masks=masks if masks is not None and len(masks) else None,
+        seed=seed,
+        device=device,
+        bootstrap_samples=bootstrap_samples,
+        calibration=calibration,
+    )
+    return Evaluation(
+        result["metrics"], result["artifacts"], calibration, meta["model_name"], meta["input_spec"], label_space
+    )
 
 
 def _mistakes(

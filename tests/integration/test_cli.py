@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
+from steelqc.tasks.data.split import SPLITS, load_split
 from tests.conftest import shared_path
 from tests.data.test_ingest import make_folders, messy, write_csv, write_image  # noqa: F401  (fixture)
 
@@ -82,7 +82,8 @@ def test_ingest_then_split(messy: Path, tmp_path: Path, steelqc_home: Path) -> N
     assert run("ingest", str(messy), "--out", str(out), "--json", home=steelqc_home)[0] == 0
     code, summary, stderr = run("split", str(out), "--json", home=steelqc_home)
     assert code == 0, stderr
-    frames = [pd.read_csv(summary["splits"][s]) for s in ("train", "val", "test")]
+    assert summary["splits"] == {s: str(out / "splits" / f"{s}.csv") for s in SPLITS}
+    frames = [load_split(out, s) for s in SPLITS]
     assert sum(len(f) for f in frames) == 7
     assert summary["ledger_added"] == 7 and Path(summary["ledger"]).is_file()
     assert any("too few to split" in w for w in summary["warnings"])

@@ -167,10 +167,9 @@ def test_train_with_tuning_nests_trials_and_uses_the_best_parameters(tiny_data: 
 
 def test_a_pruned_trial_is_recorded_before_it_stops(tiny_data: Path, tmp_path: Path) -> None:
     """Pruned trials reach the trial logger (a nested MLflow run each), with the epoch they stopped at."""
-    import pandas as pd
-
     from steelqc.tasks.config import load_settings
     from steelqc.tasks.data.labels import LabelSpace
+    from steelqc.tasks.data.split import load_split
     from steelqc.tasks.model.train import resolve_config
     from steelqc.tasks.model.tune import make_objective
 
@@ -179,10 +178,7 @@ def test_a_pruned_trial_is_recorded_before_it_stops(tiny_data: Path, tmp_path: P
     assert code == 0, stderr
     code, _, stderr = run("split", str(run_dir), "--no-ledger", "--json")
     assert code == 0, stderr
-    frames = {
-        name: pd.read_csv(run_dir / "splits" / f"{name}.csv", dtype={"image_id": str, "classes": str})
-        for name in ("train", "val")
-    }
+    frames = {name: load_split(run_dir, name) for name in ("train", "val")}
     ingest = json.loads((run_dir / "ingest.json").read_text())
     label_space = LabelSpace.from_dict({"class_names": ingest["classes"], "critical_class": ingest["critical_class"]})
     cfg = resolve_config(load_settings(), {"epochs": 2}, "tiny", (256, 1600)).to_dict()

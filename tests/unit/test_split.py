@@ -11,8 +11,10 @@ import pytest
 from steelqc.tasks.config import SplitFractions
 from steelqc.tasks.data.split import (
     MIN_CLASS_SIZE,
+    SPLITS,
     SplitError,
     assign_splits,
+    load_split,
     read_ledger,
     split_counts,
     update_ledger,
@@ -88,9 +90,12 @@ def test_write_splits_partitions_the_manifest(tmp_path: Path) -> None:
     manifest = fake_manifest({0: 40, 1: 20})
     split, _ = assign_splits(manifest)
     paths = write_splits(manifest, split, tmp_path)
-    frames = {name: pd.read_csv(path) for name, path in paths.items()}
+    assert paths == {name: str(tmp_path / "splits" / f"{name}.csv") for name in SPLITS}
+    frames = {name: load_split(tmp_path, name) for name in SPLITS}
     assert sorted(pd.concat(frames.values())["image_id"]) == sorted(manifest["image_id"])
     assert all((frame["split"] == name).all() for name, frame in frames.items())
+    with pytest.raises(ValueError, match="unknown split"):
+        load_split(tmp_path, "holdout")
     counts = split_counts(manifest, split)
     assert sum(sum(c.values()) for c in counts.values()) == 60
 
