@@ -11,6 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prefect.blocks.core import Block
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.events import emit_event
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
 from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.alerts")
@@ -20,8 +25,6 @@ def flow_run_link(flow_run_id: str | None) -> str | None:
     """The flow run's page in the Prefect UI (None without a run or a known UI)."""
     if not flow_run_id:
         return None
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
     ui = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
@@ -29,12 +32,8 @@ def flow_run_link(flow_run_id: str | None) -> str | None:
 def _block(settings: Settings):
     """The notification block to send through, or None."""
     if settings.alert_block:
-        from prefect.blocks.core import Block
-
         return Block.load(settings.alert_block)
     if settings.alert_webhook_url:
-        from prefect.blocks.notifications import CustomWebhookNotificationBlock
-
         return CustomWebhookNotificationBlock(
             name="steelqc-alerts",
             url=settings.alert_webhook_url,
@@ -53,8 +52,6 @@ def notify(settings: Settings, kind: str, subject: str, details: dict[str, Any],
     body = "\n".join(body_lines)
     sent: dict[str, Any] = {"kind": kind, "subject": subject, "link": link, "event": False, "notified": False}
     try:
-        from prefect.events import emit_event
-
         resource = {"prefect.resource.id": f"steelqc.alert.{flow_run_id or 'none'}", "steelqc.alert": kind}
         related = (
             [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]

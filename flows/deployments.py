@@ -10,12 +10,18 @@ Schedules carry a fixed slug, so re-deploying updates the same schedule instead 
 ``infra/prefect.yaml`` holds the same deployments for work pools.
 """
 
+# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
+
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 from steelqc.tasks.config import Settings
+
+# `steelqc` (flows/cli.py) imports this module as it starts: Prefect, the flows and torch are imported where a
+# deployment is built, so `steelqc --help` and the light commands stay fast (hence the `noqa: PLC0415` below).
 
 log = logging.getLogger("flows.deployments")
 
@@ -25,9 +31,9 @@ HOURLY_DRIFT_CRON = "0 * * * *"
 
 def nightly_deployment(settings: Settings):
     """The nightly retraining deployment of ``training-pipeline``."""
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron  # noqa: PLC0415  (start-up time of the CLI, see above)
 
-    from steelqc.flows.training import training_pipeline
+    from steelqc.flows.training import training_pipeline  # noqa: PLC0415  (torch, Prefect: see above)
 
     return training_pipeline.to_deployment(
         name=NIGHTLY,
@@ -41,11 +47,11 @@ def nightly_deployment(settings: Settings):
 
 def drift_deployment(settings: Settings):
     """``drift-monitor/hourly``, once ``flows.monitoring`` provides the drift-monitor flow (else None)."""
-    try:
-        from steelqc.flows.monitoring import drift_monitor  # type: ignore[import-not-found]
+    try:  # the monitoring flow arrives with the drift-monitoring issue: optional until then
+        from steelqc.flows.monitoring import drift_monitor  # type: ignore[import-not-found]  # noqa: PLC0415
     except ImportError:
         return None
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron  # noqa: PLC0415  (start-up time of the CLI, see above)
 
     return drift_monitor.to_deployment(
         name="hourly",
@@ -67,7 +73,7 @@ def _concurrency_limit(deployment: Any) -> int | None:
 
 def describe(deployment_ids: list) -> list[dict[str, Any]]:
     """Name, id and schedules of registered deployments, as the server sees them."""
-    from prefect import get_client
+    from prefect import get_client  # noqa: PLC0415  (start-up time of the CLI, see above)
 
     out = []
     with get_client(sync_client=True) as client:
@@ -102,9 +108,7 @@ def register(settings: Settings) -> list[dict[str, Any]]:
 
 def serve(settings: Settings) -> None:
     """Run the deployments' schedules in this process until stopped (schedules stay active afterwards)."""
-    import signal
-
-    from prefect import serve as prefect_serve
+    from prefect import serve as prefect_serve  # noqa: PLC0415  (start-up time of the CLI, see above)
 
     def _graceful(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -10,15 +10,14 @@ from steelqc.model_registry import packaging
 from steelqc.model_registry.store import configure
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.datasets import read_image
+from steelqc.tasks.data.ingest import ingest, new_run_dir, write_outputs
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.evaluation.assess import assess
+from steelqc.tasks.model.models import gradcam_target_layer
 
 
 def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "auto") -> dict:
     """Ingest ``data`` (into a new run folder), then score every valid image with the model at ``model_uri``."""
-    from steelqc.tasks.data.ingest import ingest, new_run_dir, write_outputs
-    from steelqc.tasks.data.labels import LabelSpace
-    from steelqc.tasks.evaluation.assess import assess
-    from steelqc.tasks.model.models import gradcam_target_layer
-
     configure(settings)
     model = packaging.load(model_uri)
     result = ingest(data, settings, fmt, model.label_space.critical_class)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The ``training-pipeline`` Prefect flow: ingest → split → train → evaluate → gates → register/promote.
 
-Thin wiring: the work lives in ``tasks/`` and ``model_registry/``; Prefect tasks pass paths and MLflow run ids,
-add retries on I/O steps and publish a markdown artifact with the metrics, the gates and links.
+Thin wiring: the work lives in ``tasks/`` and ``model_registry/``; Prefect tasks pass paths, MLflow run ids and
+typed results, add retries on I/O steps and publish a markdown artifact with the metrics, the gates and links.
+The flow returns a :class:`TrainingResult`; its ``to_dict()`` is the JSON of ``steelqc train``.
 """
 
 from __future__ import annotations
@@ -9,75 +10,93 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
-import pandas as pd
+from mlflow import MlflowClient
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 
+from steelqc.flows import alerts
+from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval
 from steelqc.flows.steps import ingest_step, run_folder_step, settings_for, split_step
+from steelqc.flows.tuning import tune_step
 from steelqc.model_registry import packaging, promotion
-from steelqc.model_registry.gates import evaluate_gates
+from steelqc.model_registry.champion import score_champion
+from steelqc.model_registry.gates import ChampionScore, GateReport, evaluate_gates
+from steelqc.model_registry.policy import PromotionOutcome, decide_promotion
 from steelqc.model_registry.store import client, configure
+from steelqc.model_registry.tags import version_tags
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.labels import LabelSpace
-from steelqc.tasks.model.train import resolve_config
+from steelqc.tasks.data.split import load_split
+from steelqc.tasks.evaluation.assess import Evaluation, evaluate_run
+from steelqc.tasks.model.train import TrainConfig, TrainResult, resolve_config, train_model
+from steelqc.tasks.runs import code_version, read_state, write_state
 
 log = logging.getLogger("flows.training")
 
 FLOW_NAME = "training-pipeline"
+DATA_KEYS = ("valid", "quarantined", "by_class", "fingerprint", "manifest", "quarantine")
+NOT_IN_SUMMARY = ("predictions", "confusion_matrix")  # per-image and per-cell figures stay in metrics.json
+
+
+def _mlflow(settings_overrides: dict) -> tuple[Settings, MlflowClient]:
+    """The run's settings, MLflow pointed at their store, and a client."""
+    settings = settings_for(settings_overrides)
+    configure(settings)
+    return settings, client(settings)
 
 
 # ------------------------------------------------------------------------------------------------ tasks
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=2)
-def start_run_step(run_dir: str, ingest: dict, cfg: dict, settings_overrides: dict) -> str:
-    """Create (or reuse, on resume) the MLflow run of this pipeline run; log params and the data artifacts."""
-    from steelqc.tasks.runs import code_version, read_state, write_state
+def start_run_step(
+    run_dir: str,
+    ingest: dict,
+    cfg: dict,
+    settings_overrides: dict,
+    started_by: str | None = None,
+    flow_run_id: str | None = None,
+) -> str:
+    """Create (or reuse, on resume) the MLflow run of this pipeline run; tag who started it and the flow run."""
+    _settings, mlflow_client = _mlflow(settings_overrides)
+    run_id = read_state(Path(run_dir)).get("mlflow_run_id") or _new_mlflow_run(Path(run_dir), ingest, cfg)
+    for key, value in {"steelqc.started_by": started_by, "steelqc.flow_run_id": flow_run_id}.items():
+        if value:
+            mlflow_client.set_tag(run_id, key, value)
+    return run_id
 
-    settings = settings_for(settings_overrides)
-    configure(settings)
-    state = read_state(Path(run_dir))
-    if state.get("mlflow_run_id"):
-        return state["mlflow_run_id"]
+
+def _new_mlflow_run(run_dir: Path, ingest: dict, cfg: dict) -> str:
+    """A new MLflow run with the training settings and data as params and the manifest and quarantine files."""
     tags = {
         "steelqc.fingerprint": ingest["fingerprint"],
         "steelqc.code_version": code_version(),
-        "steelqc.data": state.get("data", ""),
-        "steelqc.run_dir": run_dir,
+        "steelqc.data": read_state(run_dir).get("data", ""),
+        "steelqc.run_dir": str(run_dir),
     }
-    with mlflow.start_run(run_name=Path(run_dir).name, tags=tags) as run:
+    with mlflow.start_run(run_name=run_dir.name, tags=tags) as run:
         mlflow.log_params({f"train.{k}": v for k, v in cfg.items()})
-        mlflow.log_params(
-            {
-                "data.valid": ingest["valid"],
-                "data.quarantined": ingest["quarantined"],
-                "data.format": ingest["format"],
-                "data.critical_class": ingest["critical_class"],
-            }
-        )
+        data_params = ("valid", "quarantined", "format", "critical_class")
+        mlflow.log_params({f"data.{k}": ingest[k] for k in data_params})
         for name in ("manifest", "quarantine"):
             mlflow.log_artifact(ingest[name], artifact_path="data")
         run_id = run.info.run_id
-    write_state(Path(run_dir), mlflow_run_id=run_id)
+    write_state(run_dir, mlflow_run_id=run_id)
     return run_id
 
 
 @task(name="train")
-def train_step(run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: bool, settings_overrides: dict) -> dict:
-    from steelqc.tasks.model.train import TrainConfig, train_model
-    from steelqc.tasks.runs import write_state
-
-    settings = settings_for(settings_overrides)
-    configure(settings)
-    mlflow_client = client(settings)
-    splits = Path(run_dir) / "splits"
-    train_df, val_df = (
-        pd.read_csv(splits / f"{s}.csv", dtype={"image_id": str, "classes": str}) for s in ("train", "val")
-    )
+def train_step(
+    run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: bool, settings_overrides: dict
+) -> TrainResult:
+    """Train on the run's train split, pick the best epoch on validation; every epoch's figures to MLflow."""
+    _settings, mlflow_client = _mlflow(settings_overrides)
 
     def on_epoch(epoch: int, figures: dict) -> None:
         for key, value in figures.items():
@@ -85,235 +104,194 @@ def train_step(run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: 
                 mlflow_client.log_metric(run_id, key, float(value), step=epoch)
 
     write_state(Path(run_dir), status="training")
-    result = train_model(
-        train_df,
-        val_df,
-        LabelSpace.from_dict(label_space),
-        TrainConfig.from_dict(cfg),
-        Path(run_dir),
-        on_epoch=on_epoch,
-        resume=resume,
-    )
+    train, val = load_split(run_dir, "train"), load_split(run_dir, "val")
+    space, config = LabelSpace.from_dict(label_space), TrainConfig.from_dict(cfg)
+    result = train_model(train, val, space, config, Path(run_dir), on_epoch=on_epoch, resume=resume)
     mlflow_client.log_param(run_id, "weights_used", result.weights_used)
     mlflow_client.log_param(run_id, "device", result.device)
     mlflow_client.set_tag(run_id, "steelqc.best_epoch", str(result.best_epoch))
     write_state(Path(run_dir), status="trained", best_checkpoint=str(result.best_checkpoint))
-    return {
-        "best_checkpoint": str(result.best_checkpoint),
-        "best_epoch": result.best_epoch,
-        "best_val_macro_f1": result.best_val_macro_f1,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "weights_used": result.weights_used,
-        "seconds": result.seconds,
-        "device": result.device,
-    }
+    return result
 
 
 @task(name="evaluate")
-def evaluate_step(run_dir: str, run_id: str, checkpoint: str, settings_overrides: dict) -> dict:
-    """Calibrate the critical threshold on validation, assess on test (clean, dim, bright, Grad-CAM)."""
-    from steelqc.tasks.data.datasets import InputSpec
-    from steelqc.tasks.evaluation.assess import assess, calibrate
-    from steelqc.tasks.model.inference import load_model, select_device
-    from steelqc.tasks.model.models import gradcam_target_layer
-
-    settings = settings_for(settings_overrides)
-    configure(settings)
-    device = select_device()
-    model, meta = load_model(Path(checkpoint), device)
-    label_space = LabelSpace.from_dict(meta["label_space"])
-    spec = InputSpec.from_dict(meta["input_spec"])
-    splits = Path(run_dir) / "splits"
-    val_df, test_df = (
-        pd.read_csv(splits / f"{s}.csv", dtype={"image_id": str, "classes": str}) for s in ("val", "test")
+def evaluate_step(run_dir: str, run_id: str, checkpoint: str, settings_overrides: dict) -> Evaluation:
+    """Calibrate the critical threshold on validation, assess on test (clean, dim, bright, Grad-CAM); log it all."""
+    settings, mlflow_client = _mlflow(settings_overrides)
+    evaluation = evaluate_run(
+        Path(checkpoint), Path(run_dir), settings.critical_recall_target, settings.seed, settings.bootstrap_samples
     )
-    calibration = calibrate(model, val_df, label_space, spec, settings.critical_recall_target, device=device)
-    masks_path = Path(run_dir) / "masks.csv"
-    masks = pd.read_csv(masks_path, dtype={"image_id": str}) if masks_path.exists() else None
-    result = assess(
-        model,
-        gradcam_target_layer(model, meta["model_name"]),
-        test_df,
-        label_space,
-        spec,
-        Path(run_dir) / "evaluation",
-        calibration["threshold"],
-        masks=masks if masks is not None and len(masks) else None,
-        seed=settings.seed,
-        device=device,
-        bootstrap_samples=settings.bootstrap_samples,
-    )
-    result["metrics"]["calibration"] = calibration
-    Path(result["artifacts"]["metrics"]).write_text(json.dumps(result["metrics"], indent=2))
-    mlflow_client = client(settings)
-    for key, value in _flat_metrics(result["metrics"]).items():
+    for key, value in _flat_metrics(evaluation.metrics).items():
         mlflow_client.log_metric(run_id, key, value)
-    for path in result["artifacts"].values():
+    for path in evaluation.artifacts.values():
         mlflow_client.log_artifact(run_id, path, artifact_path="evaluation")
-    return {
-        "metrics": result["metrics"],
-        "artifacts": result["artifacts"],
-        "calibration": calibration,
-        "architecture": meta["model_name"],
-        "input_spec": meta["input_spec"],
-        "label_space": label_space.to_dict(),
-    }
+    return evaluation
 
 
-@task(name="compare-with-champion")
-def champion_step(run_dir: str, label_space: dict, settings_overrides: dict) -> dict | None:
-    """Score the current champion on this run's test split (None when there is no champion)."""
-    from steelqc.tasks.evaluation.assess import true_indices
-    from steelqc.tasks.evaluation.metrics import compute_metrics
-
-    settings = settings_for(settings_overrides)
-    configure(settings)
-    mlflow_client = client(settings)
-    name = settings.registered_model
-    version = promotion.alias_version(mlflow_client, name, promotion.CHAMPION)
-    if version is None:
-        return None
-    champion = packaging.load(f"models:/{name}@{promotion.CHAMPION}")
-    ours = LabelSpace.from_dict(label_space)
-    if champion.label_space != ours:
-        return {
-            "version": version,
-            "comparable": False,
-            "reason": f"champion v{version} has label space {champion.label_space.to_dict()}, this run "
-            f"{ours.to_dict()}: not comparable; needs approval",
-        }
-    test_df = pd.read_csv(Path(run_dir) / "splits" / "test.csv", dtype={"image_id": str, "classes": str})
-    proba = champion.predict_proba(test_df)
-    figures = compute_metrics(true_indices(test_df, ours), proba, ours.names, ours.critical_index, champion.threshold)
-    return {
-        "version": version,
-        "comparable": True,
-        "macro_f1": figures["macro_f1"],
-        "critical_recall": figures["critical_recall"],
-        "critical_precision": figures["critical_precision"],
-    }
+@task(name="compare-with-champion", retries=2, retry_delay_seconds=2)
+def champion_step(run_dir: str, label_space: dict, settings_overrides: dict) -> ChampionScore | None:
+    """The current champion re-scored on this run's test split (None when there is no champion)."""
+    settings, mlflow_client = _mlflow(settings_overrides)
+    test = load_split(run_dir, "test")
+    return score_champion(mlflow_client, settings.registered_model, test, LabelSpace.from_dict(label_space))
 
 
 @task(name="gates")
-def gates_step(metrics: dict, critical_class: str, champion: dict | None, settings_overrides: dict) -> dict:
+def gates_step(
+    metrics: dict, critical_class: str, champion: ChampionScore | None, settings_overrides: dict
+) -> GateReport:
     return evaluate_gates(metrics, settings_for(settings_overrides).gates, critical_class, champion)
 
 
 @task(name="register", retries=2, retry_delay_seconds=2)
 def register_step(
-    run_dir: str, run_id: str, evaluation: dict, train: dict, gates: dict, fingerprint: str, settings_overrides: dict
+    run_dir: str,
+    run_id: str,
+    evaluation: Evaluation,
+    train: TrainResult,
+    report: GateReport,
+    fingerprint: str,
+    settings_overrides: dict,
 ) -> str:
-    """Log the pyfunc model into the run and register it with the SHA-256 of its weights and bundle.json as tags
-    (once per run: retries reuse the version)."""
-    from steelqc.tasks.runs import code_version, read_state, write_state
-
-    settings = settings_for(settings_overrides)
-    configure(settings)
-    mlflow_client = client(settings)
-    name = settings.registered_model
-    state = read_state(Path(run_dir))
-    model_uri, integrity = state.get("model_uri"), state.get("model_integrity")
-    if not model_uri or not integrity:  # a model logged before weights were hashed is logged again, safely
-        bundle = packaging.make_bundle(
-            evaluation["architecture"],
-            LabelSpace.from_dict(evaluation["label_space"]),
-            evaluation["input_spec"],
-            evaluation["calibration"]["threshold"],
-            weights_used=train["weights_used"],
-            fingerprint=fingerprint,
-        )
-        with mlflow.start_run(run_id=run_id):
-            packaged = packaging.log_pyfunc(Path(train["best_checkpoint"]), bundle)
-        model_uri, integrity = packaged.uri, packaged.tags()
-        write_state(Path(run_dir), model_uri=model_uri, model_integrity=integrity)
-    tags = {
-        **integrity,
-        "gates_passed": "true" if gates["passed"] else "false",
-        "gates": json.dumps({k: v for k, v in gates.items() if isinstance(v, dict)}, default=str)[:4900],
-        "gates_reason": gates["reason"],
-        "fingerprint": fingerprint,
-        "code_version": code_version(),
-        "critical_class": evaluation["label_space"]["critical_class"],
-        "threshold": str(evaluation["calibration"]["threshold"]),
-        "macro_f1": str(evaluation["metrics"].get("macro_f1")),
-    }
-    version, _ = promotion.register_version(mlflow_client, name, model_uri, run_id, tags, settings.lock_timeout_s)
+    """Register the run's model with its gates, fingerprint and files' hashes as tags (once per run: retries and a
+    resumed run reuse the version)."""
+    settings, mlflow_client = _mlflow(settings_overrides)
+    model_uri, integrity = _logged_model(Path(run_dir), run_id, evaluation, train, fingerprint)
+    tags = version_tags(report, evaluation, fingerprint, code_version(), integrity)
+    name, timeout = settings.registered_model, settings.lock_timeout_s
+    version, _ = promotion.register_version(mlflow_client, name, model_uri, run_id, tags, timeout)
     return str(version.version)
+
+
+def _logged_model(
+    run_dir: Path, run_id: str, evaluation: Evaluation, train: TrainResult, fingerprint: str
+) -> tuple[str, dict[str, str]]:
+    """The pyfunc model logged into the run and the SHA-256 of its files (logged once; a model logged before
+    weights were hashed is logged again, safely)."""
+    state = read_state(run_dir)
+    if state.get("model_uri") and state.get("model_integrity"):
+        return state["model_uri"], state["model_integrity"]
+    bundle = packaging.make_bundle(
+        evaluation.architecture,
+        evaluation.label_space,
+        evaluation.input_spec,
+        evaluation.threshold,
+        weights_used=train.weights_used,
+        fingerprint=fingerprint,
+    )
+    with mlflow.start_run(run_id=run_id):
+        packaged = packaging.log_pyfunc(Path(train.best_checkpoint), bundle)
+    write_state(run_dir, model_uri=packaged.uri, model_integrity=packaged.tags())
+    return packaged.uri, packaged.tags()
 
 
 @task(name="promote")
 def promote_step(
-    version: str, run_id: str, gates: dict, champion: dict | None, approval: str, settings_overrides: dict
-) -> dict:
-    """challenger when every gate passed; champion too under approval policy ``auto`` (re-checked in the lock)."""
-    settings = settings_for(settings_overrides)
-    configure(settings)
-    mlflow_client = client(settings)
-    name = settings.registered_model
-    timeout = settings.lock_timeout_s
-    if not gates["passed"]:
-        promotion.record_decision(
-            mlflow_client,
-            name,
-            timeout,
-            action="not-promoted",
-            alias=None,
-            from_version=None,
-            to_version=version,
-            reason=gates["reason"],
-            run_id=run_id,
-        )
-        return {"promoted": False, "reason": gates["reason"]}
-    promotion.move_alias(
-        mlflow_client,
-        name,
-        promotion.CHALLENGER,
-        version,
-        action="challenger",
-        reason="all gates passed",
-        run_id=run_id,
-        timeout_s=timeout,
-    )
-    if approval != "auto":
-        return {"promoted": False, "reason": f"approval policy {approval}: awaiting approval", "pending": True}
-    seen = champion["version"] if champion else None
-    try:
-        promotion.move_alias(
-            mlflow_client,
-            name,
-            promotion.CHAMPION,
-            version,
-            action="promote",
-            reason="auto: all gates passed" + (f", not worse than champion v{seen}" if seen else ", first champion"),
-            run_id=run_id,
-            timeout_s=timeout,
-            check=lambda now: (
-                None
-                if now == seen
-                else f"champion changed from {seen} to {now} during this run; "
-                "not promoted (re-run to compare with the new champion)"
-            ),
-        )
-    except promotion.PromotionRefused as exc:
-        return {"promoted": False, "reason": str(exc)}
-    return {"promoted": True, "reason": "all gates passed"}
+    version: str,
+    run_id: str,
+    report: GateReport,
+    champion: ChampionScore | None,
+    approval: str,
+    settings_overrides: dict,
+) -> PromotionOutcome:
+    """The promotion policy on this version: challenger when every gate passed, champion too under approval policy
+    ``auto`` (refused when the champion moved since the comparison)."""
+    settings, mlflow_client = _mlflow(settings_overrides)
+    seen = champion.version if champion is not None else None
+    decision = decide_promotion(report.verdict, approval, seen)
+    return promotion.promote(
+        mlflow_client, settings.registered_model, version, decision, run_id=run_id, champion_before=seen,
+        timeout_s=settings.lock_timeout_s,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- the result
+
+
+@dataclass
+class TrainingResult:
+    """What one `training-pipeline` run did; ``to_dict()`` is the JSON of ``steelqc train`` (``summary.json``)."""
+
+    run_id: str
+    model_version: str
+    run_dir: str
+    ingest: dict[str, Any]
+    splits: dict[str, Any]
+    train: TrainResult
+    evaluation: Evaluation
+    report: GateReport
+    champion_before: ChampionScore | None
+    outcome: PromotionOutcome
+    registered_model: str
+    tracking_uri: str
+    started_by: str
+    flow_run_id: str | None
+    approval_policy: str
+    tuning: dict[str, Any] | None = None
+    approval: ApprovalOutcome | None = None
+    alert: dict[str, Any] | None = None
+    aliases: dict[str, str] | None = None
+    seconds: float | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.approval.promoted if self.approval is not None else self.outcome.promoted
+
+    @property
+    def decision(self) -> str:
+        return self.approval.reason if self.approval is not None else self.outcome.reason
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return {k: v for k, v in self.evaluation.metrics.items() if k not in NOT_IN_SUMMARY}
+
+    def approval_request(self) -> ApprovalRequest:
+        return ApprovalRequest(
+            self.registered_model, self.model_version, self.run_id, self.report, self.metrics,
+            self.champion_before, self.started_by, self.flow_run_id,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """``gates`` holds the gates only; the verdict over them is ``verdict``."""
+        out = {
+            "run_id": self.run_id,
+            "model_version": self.model_version,
+            "metrics": self.metrics,
+            "gates": self.report.gates_dict(),
+            "verdict": self.report.verdict.to_dict(),
+            "promoted": self.promoted,
+            "decision": self.decision,
+            "aliases": self.aliases,
+            "registered_model": self.registered_model,
+            "champion_before": self.champion_before.to_dict() if self.champion_before is not None else None,
+            "train": self.train.summary(),
+            "splits": self.splits["counts"],
+            "split_warnings": self.splits["warnings"],
+            "data": {k: self.ingest[k] for k in DATA_KEYS},
+            "run_dir": self.run_dir,
+            "artifacts": self.evaluation.artifacts,
+            "tracking_uri": self.tracking_uri,
+            "started_by": self.started_by,
+            "flow_run_id": self.flow_run_id,
+            "approval_policy": self.approval_policy,
+            "seconds": self.seconds,
+        }
+        optional = {"alert": self.alert, "tuning": self.tuning}
+        if self.approval is not None:
+            optional["approval"] = self.approval.approval
+        return out | {k: v for k, v in optional.items() if v is not None}
 
 
 # ------------------------------------------------------------------------------------------------- flow
 
 
 def _current_flow_run_id() -> str | None:
-    from prefect.context import FlowRunContext
-
     context = FlowRunContext.get()
     return str(context.flow_run.id) if context and context.flow_run else None
 
 
 def _alert_run_failed(flow: Any, flow_run: Any, state: Any) -> None:
     """Flow hook (failed or crashed): raise the run-failed alert with a link to the run."""
-    from steelqc.flows import alerts
-
     parameters = flow_run.parameters or {}
     settings = settings_for(parameters.get("settings_overrides"))
     alerts.notify(
@@ -332,115 +310,97 @@ def training_pipeline(
     epochs: int | None = None,
     fmt: str = "auto",
     critical_class: str | None = None,
-    approval: str | None = None,
+    approval: Literal["auto", "manual"] | None = None,
     resume: bool = False,
     profile: str = "default",
     train_overrides: dict | None = None,
     settings_overrides: dict | None = None,
     tune_trials: int = 0,
     tune_workers: int = 1,
-) -> dict:
+) -> TrainingResult:
     """Train, evaluate, gate and register a steel-defect classifier on ``data`` (tuning first when asked)."""
-    start = time.perf_counter()
-    overrides = settings_overrides or {}
+    start, overrides = time.perf_counter(), settings_overrides or {}
     settings = settings_for(overrides)
-    approval = approval or settings.approval
-    started_by = promotion.actor()
-    flow_run_id = _current_flow_run_id()
+    policy, started_by, flow_run_id = approval or settings.approval, promotion.actor(), _current_flow_run_id()
     ingest = ingest_step(data, fmt, critical_class, overrides)
     requested = {"model": model, "epochs": epochs, **(train_overrides or {})}
     cfg = resolve_config(settings, requested, profile, tuple(ingest["image_shape"]))
     run_dir = run_folder_step(ingest, cfg.fingerprint(), resume, overrides)
-    ingest = {**ingest, **{k: str(Path(run_dir) / Path(ingest[k]).name) for k in ("manifest", "quarantine")}}
+    ingest = _in_run_folder(ingest, run_dir)
     splits = split_step(run_dir, overrides)
-    run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides)
-    mlflow_client = client(settings)
-    mlflow_client.set_tag(run_id, "steelqc.started_by", started_by)
-    if flow_run_id:
-        mlflow_client.set_tag(run_id, "steelqc.flow_run_id", flow_run_id)
-    tuning = None
-    if tune_trials > 0:
-        from steelqc.flows.tuning import tune_step
-        from steelqc.tasks.model.train import TrainConfig
-
-        trial_cfg = {**cfg.to_dict(), "epochs": settings.tune_epochs}
-        tuning = tune_step(
-            run_dir,
-            ingest["fingerprint"],
-            ingest["label_space"],
-            trial_cfg,
-            tune_trials,
-            tune_workers,
-            run_id,
-            overrides,
-        )
-        if tuning["best_params"]:
-            cfg = TrainConfig.from_dict({**cfg.to_dict(), **tuning["best_params"]})
-            mlflow_client.log_param(run_id, "tuned_params", json.dumps(tuning["best_params"]))
+    run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides, started_by, flow_run_id)
+    cfg, tuning = _tuned_config(cfg, run_dir, run_id, ingest, tune_trials, tune_workers, overrides)
     train = train_step(run_dir, run_id, cfg.to_dict(), ingest["label_space"], resume, overrides)
-    evaluation = evaluate_step(run_dir, run_id, train["best_checkpoint"], overrides)
+    evaluation = evaluate_step(run_dir, run_id, str(train.best_checkpoint), overrides)
     champion = champion_step(run_dir, ingest["label_space"], overrides)
-    gates = gates_step(evaluation["metrics"], ingest["critical_class"], champion, overrides)
-    version = register_step(run_dir, run_id, evaluation, train, gates, ingest["fingerprint"], overrides)
-    decision = promote_step(version, run_id, gates, champion, approval, overrides)
-    current_aliases = promotion.aliases(mlflow_client, settings.registered_model)
-    metrics = {k: v for k, v in evaluation["metrics"].items() if k not in ("predictions", "confusion_matrix")}
-    summary = {
-        "run_id": run_id,
-        "model_version": version,
-        "metrics": metrics,
-        "gates": gates,
-        "promoted": decision["promoted"],
-        "decision": decision["reason"],
-        "aliases": current_aliases,
-        "registered_model": settings.registered_model,
-        "champion_before": champion,
-        "train": train,
-        "splits": splits["counts"],
-        "split_warnings": splits["warnings"],
-        "data": {k: ingest[k] for k in ("valid", "quarantined", "by_class", "fingerprint", "manifest", "quarantine")},
-        "run_dir": run_dir,
-        "artifacts": evaluation["artifacts"],
-        "tracking_uri": settings.mlflow_uri,
-        "started_by": started_by,
-        "flow_run_id": flow_run_id,
-        "approval_policy": approval,
-    }
-    if not gates["passed"]:
-        from steelqc.flows import alerts
+    report = gates_step(evaluation.metrics, ingest["critical_class"], champion, overrides)
+    version = register_step(run_dir, run_id, evaluation, train, report, ingest["fingerprint"], overrides)
+    outcome = promote_step(version, run_id, report, champion, policy, overrides)
+    result = TrainingResult(
+        run_id, version, run_dir, ingest, splits, train, evaluation, report, champion, outcome,
+        settings.registered_model, settings.mlflow_uri, started_by, flow_run_id, policy, tuning,
+    )  # fmt: skip
+    _follow_up(settings, result)
+    return _finish(settings, result, time.perf_counter() - start)
 
-        summary["alert"] = alerts.notify(
+
+def _in_run_folder(ingest: dict, run_dir: str) -> dict:
+    """The ingest summary with its manifest and quarantine in ``run_dir`` (a resumed run's folder)."""
+    return {**ingest, **{k: str(Path(run_dir) / Path(ingest[k]).name) for k in ("manifest", "quarantine")}}
+
+
+def _tuned_config(
+    cfg: TrainConfig, run_dir: str, run_id: str, ingest: dict, trials: int, workers: int, overrides: dict
+) -> tuple[TrainConfig, dict | None]:
+    """With ``trials``: tune first (trials of ``tune_epochs`` epochs, nested under this run), then train with the
+    best parameters. Returns the training config and the tuning summary (None without tuning)."""
+    if trials <= 0:
+        return cfg, None
+    settings = settings_for(overrides)
+    trial_cfg = {**cfg.to_dict(), "epochs": settings.tune_epochs}
+    tuning = tune_step(
+        run_dir, ingest["fingerprint"], ingest["label_space"], trial_cfg, trials, workers, run_id, overrides
+    )
+    if tuning["best_params"]:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **tuning["best_params"]})
+        client(settings).log_param(run_id, "tuned_params", json.dumps(tuning["best_params"]))
+    return cfg, tuning
+
+
+def _follow_up(settings: Settings, result: TrainingResult) -> None:
+    """Raise the gates-failed alert; or, when the version awaits approval, pause for an ML lead's decision."""
+    if not result.report.passed:
+        metrics = result.metrics
+        result.alert = alerts.notify(
             settings,
             "gates-failed",
-            f"{settings.registered_model} v{version} failed its gates: {gates['reason']}",
-            {"run_id": run_id, "macro_f1": metrics.get("macro_f1"), "critical_recall": metrics.get("critical_recall")},
-            flow_run_id,
+            f"{result.registered_model} v{result.model_version} failed its gates: {result.report.reason}",
+            {
+                "run_id": result.run_id,
+                "macro_f1": metrics.get("macro_f1"),
+                "critical_recall": metrics.get("critical_recall"),
+            },
+            result.flow_run_id,
         )
-    if decision.get("pending"):
-        from steelqc.flows.approval import await_approval
+    elif result.outcome.pending:
+        result.approval = await_approval(settings, result.approval_request())
+        result.alert = result.approval.alert
 
-        outcome = await_approval(settings, summary, started_by, flow_run_id)
-        summary.update(
-            promoted=outcome["promoted"],
-            decision=outcome["reason"],
-            approval=outcome["approval"],
-            aliases=promotion.aliases(mlflow_client, settings.registered_model),
-        )
-        if "alert" in outcome:
-            summary["alert"] = outcome["alert"]
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    if tuning is not None:
-        summary["tuning"] = tuning
-    from steelqc.tasks.runs import write_state
 
-    write_state(Path(run_dir), status="finished", model_version=version, promoted=summary["promoted"])
-    Path(run_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+def _finish(settings: Settings, result: TrainingResult, seconds: float) -> TrainingResult:
+    """The aliases as they are now; the run folder's ``summary.json`` and ``state.json`` (finished); the
+    ``training-summary`` markdown artifact."""
+    result.aliases = promotion.aliases(client(settings), settings.registered_model)
+    result.seconds = round(seconds, 1)
+    run_dir = Path(result.run_dir)
+    write_state(run_dir, status="finished", model_version=result.model_version, promoted=result.promoted)
+    (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     create_markdown_artifact(
-        markdown=summary_markdown(summary, settings),
+        markdown=summary_markdown(result, settings),
         key="training-summary",
-        description=f"steelqc training run {run_id}",
+        description=f"steelqc training run {result.run_id}",
     )
-    return summary
+    return result
 
 
 def _flat_metrics(metrics: dict) -> dict[str, float]:
@@ -465,47 +425,45 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
 
 
-def summary_markdown(summary: dict, settings: Settings) -> str:
-    """The Prefect markdown artifact: metrics, gates, decision and where to look."""
-    m = summary["metrics"]
+METRIC_ROWS = (
+    "macro_f1",
+    "micro_f1",
+    "accuracy",
+    "roc_auc_macro",
+    "critical_recall",
+    "critical_precision",
+    "cam_in_mask",
+)
+
+
+def summary_markdown(result: TrainingResult, settings: Settings) -> str:
+    """The Prefect markdown artifact: metrics, gates and their verdict, the decision and where to look."""
+    m = result.metrics
     lines = [
-        f"# steelqc training run `{summary['run_id']}`",
+        f"# steelqc training run `{result.run_id}`",
         "",
-        f"**Model version** {summary['registered_model']} v{summary['model_version']} · "
-        f"**promoted**: {summary['promoted']} ({summary['decision']}) · **aliases**: {summary['aliases']}",
+        f"**Model version** {result.registered_model} v{result.model_version} · "
+        f"**promoted**: {result.promoted} ({result.decision}) · **aliases**: {result.aliases}",
         "",
         "| metric | value |",
         "|---|---|",
     ]
-    for key in (
-        "macro_f1",
-        "micro_f1",
-        "accuracy",
-        "roc_auc_macro",
-        "critical_recall",
-        "critical_precision",
-        "cam_in_mask",
-    ):
-        lines.append(f"| {key} | {_fmt(m.get(key))} |")
-    for key, value in (m.get("glare") or {}).items():
-        lines.append(f"| glare {key} | {_fmt(value)} |")
+    lines += [f"| {key} | {_fmt(m.get(key))} |" for key in METRIC_ROWS]
+    lines += [f"| glare {key} | {_fmt(value)} |" for key, value in (m.get("glare") or {}).items()]
     lines += ["", "| gate | value | threshold | passed |", "|---|---|---|---|"]
-    for name, gate in summary["gates"].items():
-        if isinstance(gate, dict):
-            lines.append(
-                f"| {name} | {_fmt(gate.get('value'))} | {gate.get('threshold')} | "
-                f"{'✅' if gate.get('passed') else '❌'} |"
-            )
+    for name, gate in result.report.gates.items():
+        lines.append(f"| {name} | {_fmt(gate.value)} | {gate.threshold} | {'✅' if gate.passed else '❌'} |")
+    lines += ["", f"**Verdict**: {result.report.reason}"]
     experiment = mlflow.get_experiment_by_name(settings.experiment)
-    run_path = f"#/experiments/{experiment.experiment_id}/runs/{summary['run_id']}" if experiment else ""
+    run_path = f"#/experiments/{experiment.experiment_id}/runs/{result.run_id}" if experiment else ""
+    plots = [f"`{Path(p).name}`" for p in result.evaluation.artifacts.values() if p.endswith(".png")]
     lines += [
         "",
-        f"MLflow run: [{summary['run_id']}](http://127.0.0.1:5000/{run_path}) "
-        f"(tracking store `{summary['tracking_uri']}`; open it with `steelqc server start` or "
-        f"`mlflow ui --backend-store-uri {summary['tracking_uri']}`)",
+        f"MLflow run: [{result.run_id}](http://127.0.0.1:5000/{run_path}) "
+        f"(tracking store `{result.tracking_uri}`; open it with `steelqc server start` or "
+        f"`mlflow ui --backend-store-uri {result.tracking_uri}`)",
         "",
-        "Plots (MLflow artifacts under `evaluation/`): "
-        + ", ".join(f"`{Path(p).name}`" for k, p in summary["artifacts"].items() if p.endswith(".png")),
-        f"\nRun folder: `{summary['run_dir']}`",
+        "Plots (MLflow artifacts under `evaluation/`): " + ", ".join(plots),
+        f"\nRun folder: `{result.run_dir}`",
     ]
     return "\n".join(lines)

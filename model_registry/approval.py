@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 
 from mlflow import MlflowClient
 
-from steelqc.model_registry import promotion
+from steelqc.model_registry import policy, promotion
 
 
 class ReviewerRefused(promotion.PromotionRefused):
@@ -50,13 +50,10 @@ def approve(
     gates not passed). Returns the audit event."""
     extra = {"comment": comment, "flow_run_id": flow_run_id, "started_by": started_by}
     refusal = _self_check(reviewer, started_by)
+    moved = policy.unchanged(seen_champion, during="while awaiting approval", then="re-run to compare")
 
     def check(now: str | None) -> str | None:
-        if refusal:
-            return refusal
-        if now != seen_champion:
-            return f"champion changed from {seen_champion} to {now} while awaiting approval; re-run to compare"
-        return None
+        return refusal or moved(now)
 
     try:
         return promotion.move_alias(

@@ -32,7 +32,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from steelqc.model_registry import promotion
+from steelqc.model_registry import policy, promotion
 from steelqc.tasks.data.datasets import InputSpec
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
@@ -489,11 +488,6 @@ def _log_into_run(run_id: str | None, files: ModelFiles, bundle: dict, label: st
         return log_pyfunc(files.weights, bundle, name=SAFE_ARTIFACT)
 
 
-def _still(alias: str, expected: str) -> Callable[[str | None], str | None]:
-    """A :func:`promotion.move_alias` check: the alias must still point at ``expected``."""
-    return lambda now: None if now == expected else f"{alias} moved from v{expected} to v{now} meanwhile"
-
-
 def _register_repackaged(client: MlflowClient, name: str, old: ModelVersion, timeout_s: float) -> ModelVersion:
     """Log the old version's weights as a safe model into its run and register that (reused when it exists)."""
     old_version = str(old.version)
@@ -532,7 +526,7 @@ def _move_aliases(client: MlflowClient, name: str, old: str, new: str, timeout_s
                 new,
                 action="repackage",
                 reason=f"v{old} repackaged as v{new} (same weights, no pickle)",
-                check=_still(alias, old),
+                check=policy.unchanged(old, alias=alias),
                 require_gates=False,  # the alias keeps serving the same weights
                 timeout_s=timeout_s,
                 extra={REPACKAGED_FROM: old},

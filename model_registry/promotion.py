@@ -28,9 +28,19 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from steelqc.model_registry.policy import (
+    CHALLENGER,
+    CHAMPION,
+    GATES_PASSED,
+    GATES_PASSED_TAG,
+    PromotionDecision,
+    PromotionOutcome,
+    unchanged,
+)
+
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+__all__ = ["CHALLENGER", "CHAMPION"]  # re-exported: promotion.CHAMPION is the alias everyone moves
 LOCK_SUFFIX = ".promotion-lock"
 AUDIT_PREFIX = "audit/"
 STALE_LOCK_S = 600.0
@@ -198,7 +208,7 @@ def register_version(
 
 
 def gates_passed(client: MlflowClient, name: str, version: str) -> bool:
-    return client.get_model_version(name, version).tags.get("gates_passed") == "true"
+    return client.get_model_version(name, version).tags.get(GATES_PASSED_TAG) == "true"
 
 
 def move_alias(
@@ -284,6 +294,43 @@ def rollback(client: MlflowClient, name: str, reason: str = "rollback", who: str
                 action="rollback",
                 reason=reason,
                 who=who,
-                check=lambda now, seen=current: None if now == seen else f"champion moved to {now} meanwhile",
+                check=unchanged(current),
             )
     raise PromotionRefused(f"no earlier champion of {name!r} that passed its gates (current: {current})")
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    decision: PromotionDecision,
+    *,
+    run_id: str | None,
+    champion_before: str | None,
+    timeout_s: float = 120.0,
+) -> PromotionOutcome:
+    """Carry out :func:`model_registry.policy.decide_promotion`'s ``decision`` on ``version``: record why nothing
+    moves, or move ``challenger`` and (policy auto) ``champion``, refused when the champion is no longer
+    ``champion_before``, the one the gates compared with."""
+    if not decision.challenger:
+        record_decision(
+            client, name, timeout_s, action="not-promoted", alias=None, from_version=None, to_version=version,
+            reason=decision.audit_reason, run_id=run_id,
+        )  # fmt: skip
+        return PromotionOutcome(False, decision.reason)
+    move_alias(
+        client, name, CHALLENGER, version, action="challenger", reason=GATES_PASSED, run_id=run_id, timeout_s=timeout_s
+    )
+    if not decision.champion:
+        return PromotionOutcome(False, decision.reason, pending=decision.pending)
+    still = unchanged(
+        champion_before, during="during this run", then="not promoted (re-run to compare with the new champion)"
+    )
+    try:
+        move_alias(
+            client, name, CHAMPION, version, action="promote", reason=decision.audit_reason, run_id=run_id,
+            timeout_s=timeout_s, check=still,
+        )  # fmt: skip
+    except PromotionRefused as exc:
+        return PromotionOutcome(False, str(exc))
+    return PromotionOutcome(True, decision.reason)

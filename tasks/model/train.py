@@ -200,6 +200,22 @@ class TrainResult:
         data.update(best_checkpoint=str(self.best_checkpoint), last_checkpoint=str(self.last_checkpoint))
         return data
 
+    SUMMARY_FIELDS: ClassVar[tuple[str, ...]] = (
+        "best_checkpoint",
+        "best_epoch",
+        "best_val_macro_f1",
+        "epochs_run",
+        "stopped_early",
+        "weights_used",
+        "seconds",
+        "device",
+    )
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a run reports (the ``train`` of `steelqc train --json`): no history, no config."""
+        data = self.to_dict()
+        return {k: data[k] for k in self.SUMMARY_FIELDS}
+
 
 def resolve_config(
     settings: Settings, overrides: dict[str, Any], profile: str = "default", image_shape: tuple[int, int] | None = None

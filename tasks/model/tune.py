@@ -9,7 +9,10 @@
 * **Storage**: SQLite under ``STEELQC_HOME`` by default; ``journal:PATH`` for several local workers (Optuna's
   journal file tolerates concurrent writers); ``postgresql://...`` for a cluster. RDB storages get a heartbeat, so
   a trial whose worker was killed is marked failed after the grace period and retried once, never left RUNNING.
-* The study is created once, before workers start (Optuna's creation race); workers only load it.
+* The study is created once, before workers start (Optuna's creation race); workers only load it:
+  :func:`run_study` creates it, then runs ``workers`` processes on this machine (torch threads split between them)
+  until the study holds the total, and returns a :class:`TuneResult`. Each trial can be reported to a logger (the
+  flows record them as nested MLflow runs) built in each worker by a picklable factory.
 """
 
 from __future__ import annotations
@@ -17,18 +20,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing as mp
+import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+import torch
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from steelqc.tasks.config import OPTUNA_GRACE_S, OPTUNA_HEARTBEAT_S
+from steelqc.tasks.config import OPTUNA_GRACE_S, OPTUNA_HEARTBEAT_S, Settings, mask_url
 from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.assess import calibrate, true_indices
 from steelqc.tasks.evaluation.metrics import compute_metrics
 from steelqc.tasks.model.inference import load_model, predict_proba
@@ -37,6 +45,9 @@ from steelqc.tasks.model.train import TrainConfig, train_model
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+NOT_FIXED = ("epochs", "patience", "num_workers")  # training settings that do not make another study
+
+TrialLogger = Callable[[optuna.Trial, dict[str, Any], dict[str, Any]], None]
 
 # The search space of README "Hyperparameter tuning"; every entry can be overridden from settings.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -212,3 +223,136 @@ def best_summary(study: optuna.Study) -> dict[str, Any]:
         "best_trial": best.number,
         "best_user_attrs": best.user_attrs,
     }
+
+
+# ------------------------------------------------------------------------------------------ the whole study
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Which study (named from the data fingerprint, the search space and the fixed training settings), where it
+    is stored, and what its trials are judged by. Sent to every worker process."""
+
+    name: str
+    storage: str
+    space: dict[str, dict[str, Any]]
+    seed: int
+    heartbeat_s: int
+    grace_s: int
+    target_recall: float
+    min_precision: float
+    home: str
+
+    @classmethod
+    def for_run(cls, settings: Settings, fingerprint: str, base_config: dict[str, Any]) -> StudyPlan:
+        space = settings.tune_space or DEFAULT_SPACE
+        fixed = {k: v for k, v in base_config.items() if k not in space and k not in NOT_FIXED}
+        return cls(
+            name=study_name(fingerprint, space, json.dumps(fixed, sort_keys=True, default=str)),
+            storage=storage_url(settings.optuna_storage, settings.home),
+            space=space,
+            seed=settings.seed,
+            heartbeat_s=settings.optuna_heartbeat_s,
+            grace_s=settings.optuna_grace_s,
+            target_recall=settings.critical_recall_target,
+            min_precision=settings.gates.critical_precision_min,
+            home=str(settings.home),
+        )
+
+    def open(self) -> BaseStorage:
+        return open_storage(self.storage, self.heartbeat_s, self.grace_s)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """A study after this run's workers stopped (``storage`` masked; ``best_*`` None before any trial completed)."""
+
+    study_name: str
+    storage: str
+    n_trials: int
+    finished_trials: int
+    failed_trials: int
+    ran_here: int
+    ran_per_worker: list[int]
+    workers: int
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_trial: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one worker process needs (picklable)."""
+
+    plan: StudyPlan
+    index: int
+    threads: int
+    trials: int
+    run_dir: str
+    label_space: dict[str, Any]
+    base_config: dict[str, Any]
+    trial_logger: Callable[[], TrialLogger] | None
+
+
+def _worker(job: _Job) -> int:
+    """One tuning worker: load the study and run trials until the shared total is reached; trials it ran."""
+    torch.set_num_threads(job.threads)
+    os.environ["STEELQC_HOME"] = job.plan.home
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{job.index} %(levelname)s %(message)s")
+    study = load_study(job.plan.name, job.plan.open(), job.plan.seed + job.index)
+    objective = make_objective(
+        load_split(job.run_dir, "train"),
+        load_split(job.run_dir, "val"),
+        LabelSpace.from_dict(job.label_space),
+        job.base_config,
+        job.plan.space,
+        Path(job.run_dir) / "tuning",
+        job.plan.target_recall,
+        job.plan.min_precision,
+        on_trial=job.trial_logger() if job.trial_logger is not None else None,
+    )
+    return optimise(study, objective, job.trials)
+
+
+def run_study(
+    plan: StudyPlan,
+    run_dir: Path | str,
+    label_space: dict[str, Any],
+    base_config: dict[str, Any],
+    trials: int,
+    workers: int = 1,
+    trial_logger: Callable[[], TrialLogger] | None = None,
+) -> TuneResult:
+    """Create the study once, run ``workers`` processes on the run's train/validation splits until it holds
+    ``trials`` finished trials, and sum it up. ``trial_logger``: a picklable factory each worker calls for the
+    callback its trials report to."""
+    storage = plan.open()
+    create_study(plan.name, storage, plan.seed)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = [
+        _Job(plan, i, max(1, cores // workers), trials, str(run_dir), label_space, base_config, trial_logger)
+        for i in range(workers)
+    ]
+    if workers == 1:
+        ran = [_worker(jobs[0])]
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            ran = pool.map(_worker, jobs)
+    study = create_study(plan.name, storage, plan.seed)
+    best = best_summary(study)
+    return TuneResult(
+        study_name=plan.name,
+        storage=mask_url(plan.storage),
+        n_trials=len(study.trials),
+        finished_trials=finished_trials(study),
+        failed_trials=sum(t.state == TrialState.FAIL for t in study.trials),
+        ran_here=sum(ran),
+        ran_per_worker=ran,
+        workers=workers,
+        best_value=best["best_value"],
+        best_params=best["best_params"],
+        best_trial=best["best_trial"],
+    )

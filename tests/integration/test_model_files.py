@@ -27,9 +27,11 @@ import yaml
 from steelqc.flows.evaluation import predict_images
 from steelqc.flows.training import register_step
 from steelqc.model_registry import packaging, promotion
+from steelqc.model_registry.gates import GateReport, Verdict
 from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
-from steelqc.tasks.model.train import train_model
+from steelqc.tasks.evaluation.assess import Evaluation
+from steelqc.tasks.model.train import TrainResult, train_model
 from tests.model.test_train import LABELS, SHAPE, cfg, make_split
 
 STEELQC = str(Path(sys.executable).with_name("steelqc"))
@@ -85,15 +87,11 @@ def register(settings: Settings, trained: dict, tmp_path: Path) -> str:
     run_dir.mkdir()
     with mlflow.start_run() as run:
         pass
-    evaluation = {
-        "architecture": "simple_cnn",
-        "label_space": LABELS.to_dict(),
-        "input_spec": trained["bundle"]["input_spec"],
-        "calibration": {"threshold": THRESHOLD},
-        "metrics": {"macro_f1": 0.9},
-    }
-    train = {"weights_used": "none (random init)", "best_checkpoint": str(trained["checkpoint"])}
-    gates = {"passed": True, "reason": "all gates passed"}
+    spec = trained["bundle"]["input_spec"]
+    evaluation = Evaluation({"macro_f1": 0.9}, {}, {"threshold": THRESHOLD}, "simple_cnn", spec, LABELS)
+    checkpoint = trained["checkpoint"]
+    train = TrainResult(checkpoint, checkpoint, 1, 0.0, 1, False, [], "none (random init)", 0.0, "cpu")
+    gates = GateReport({}, Verdict(passed=True, refused=False, reason="all gates passed"))
     return register_step.fn(str(run_dir), run.info.run_id, evaluation, train, gates, "fp", {})
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from steelqc.model_registry.gates import GATE_NAMES
 from steelqc.tasks.data.synth import generate_dataset
 from tests.conftest import shared_path
 from tests.integration.test_cli import run
@@ -88,10 +89,12 @@ def train(data: Path, home: Path, *extra: str) -> dict:
 
 def test_two_runs_one_champion_and_an_audit_trail_of_both(tiny_data: Path, relaxed: Path, prefect_api: dict) -> None:
     first = train(tiny_data, relaxed)
-    for key in ("run_id", "model_version", "metrics", "gates", "promoted", "aliases"):
+    for key in ("run_id", "model_version", "metrics", "gates", "verdict", "promoted", "aliases"):
         assert key in first
     assert set(first["metrics"]) >= METRIC_KEYS and set(first["metrics"]["glare"]) >= GLARE_KEYS
-    assert first["gates"]["passed"] and first["promoted"]
+    assert first["verdict"] == {"passed": True, "refused": False, "reason": "all gates passed"} and first["promoted"]
+    assert set(first["gates"]) == set(GATE_NAMES)  # the gates only: the verdict is apart
+    assert all({"value", "threshold", "passed"} <= set(gate) for gate in first["gates"].values())
     assert first["aliases"] == {"champion": first["model_version"], "challenger": first["model_version"]}
     assert first["champion_before"] is None and first["gates"]["champion"]["passed"]
     run_dir = Path(first["run_dir"])
@@ -186,12 +189,13 @@ def test_evaluate_without_a_usable_image_exits_1(tiny_data: Path, relaxed: Path,
 def test_strict_gates_keep_the_model_out_and_record_why(tiny_data: Path, tmp_path: Path) -> None:
     home = tmp_path / "strict-home"
     summary = train(tiny_data, home)
-    assert not summary["promoted"] and not summary["gates"]["passed"]
+    assert not summary["promoted"] and not summary["verdict"]["passed"]
+    assert set(summary["gates"]) == set(GATE_NAMES)
     assert "champion" not in summary["aliases"] and "challenger" not in summary["aliases"]
     _code, hist, _ = run("registry", "history", "--json", home=home)
     decision = [e for e in hist["events"] if e["action"] == "not-promoted"]
     assert len(decision) == 1 and decision[0]["to_version"] == summary["model_version"]
-    assert decision[0]["reason"] == summary["gates"]["reason"]
+    assert decision[0]["reason"] == summary["verdict"]["reason"] == summary["decision"]
 
 
 def test_real_severstal_sample_scores_with_cam_in_mask(tiny_data: Path, relaxed: Path) -> None:

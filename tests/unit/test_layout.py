@@ -116,7 +116,6 @@ def flow_functions() -> list[tuple[str, str, int]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 item 4 (thin flows) is in progress")
 def test_flows_are_thin_wiring() -> None:
     long = [
         f"{file}:{name} ({lines} lines)" for file, name, lines in flow_functions() if lines > MAX_FLOW_FUNCTION_LINES
