@@ -19,6 +19,7 @@ from rich.text import Text
 
 PASS, FAIL = "✓", "✗"
 LIMIT = 110  # characters of one value in a listing
+BELOW_GATE = ": below 0, so no trial reached the critical-precision gate (the objective is then value − 1)"
 
 # gate or metric name -> (label, metrics key holding its value, key of its 95 % interval)
 FIGURES = {
@@ -71,8 +72,10 @@ def compact(value: Any, limit: int = LIMIT) -> str:
         text = ", ".join(f"{k} {compact(v, limit)}" for k, v in value.items()) or "—"
     elif isinstance(value, list | tuple):
         text = ", ".join(compact(v, limit) for v in value) or "—"
+    elif isinstance(value, float):
+        text = f"{value:.4g}"  # 0.0001, 3.2e-05, 0.9123: learning rates and scores alike
     else:
-        text = number(value, 4)
+        text = number(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -280,6 +283,8 @@ def evaluation_report(summary: Mapping, links: Mapping[str, str] | None = None) 
 
 def tuning_report(summary: Mapping, links: Mapping[str, str] | None = None) -> Group:
     """``tune`` without --json: the study, its trials and the best parameters."""
+    best = summary.get("best_value")
+    below_gate = isinstance(best, int | float) and best < 0
     rows = [
         ("study", summary.get("study_name")),
         ("storage", summary.get("storage")),
@@ -289,7 +294,7 @@ def tuning_report(summary: Mapping, links: Mapping[str, str] | None = None) -> G
             f"{summary.get('n_trials')} in the study ({summary.get('ran_here')} run now by "
             f"{summary.get('workers')} worker(s))",
         ),
-        ("best value", f"{number(summary.get('best_value'))} (trial {summary.get('best_trial')})"),
+        ("best value", f"{number(best)} (trial {summary.get('best_trial')})" + (BELOW_GATE if below_gate else "")),
         ("best params", compact(summary.get("best_params"))),
         ("run folder", summary.get("run_dir")),
         *(links or {}).items(),

@@ -251,3 +251,24 @@ def test_listing_keeps_every_line_short() -> None:
     assert rows["counts"] == [] and rows["train"] == ["ok 3"] and rows["test"] == ["ok 1"]
     assert rows["prefect"] == ["running no, log /srv/steelqc/servers/prefect.log"]
     assert rows["reason"][0].endswith("…") and len(rows["reason"][0]) == readable.LIMIT, "a long value is cut"
+
+
+def test_tuning_report_shows_small_learning_rates_and_explains_a_negative_best() -> None:
+    summary = {
+        "study_name": "steelqc-83da0c0390ac-ac65dde5-5d0cf4",
+        "storage": "sqlite:////srv/steelqc/optuna.db",
+        "n_trials": 4,
+        "finished_trials": 4,
+        "failed_trials": 0,
+        "ran_here": 4,
+        "workers": 2,
+        "best_value": -0.933,
+        "best_trial": 2,
+        "best_params": {"lr": 3.2e-05, "batch_size": 16, "scheduler": "none", "model": "mobilenet_v2"},
+        "run_dir": "/srv/steelqc/runs/train-1",
+    }
+    rows = cells(render(readable.tuning_report(summary, {"MLflow run": "http://127.0.0.1:5000/#/runs/abc"})))
+    assert rows["best params"] == ["lr 3.2e-05, batch_size 16, scheduler none, model mobilenet_v2"]
+    assert rows["best value"][0].startswith("-0.933 (trial 2): below 0, so no trial reached the critical-precision")
+    assert rows["trials"] == ["4 finished, 0 failed, 4 in the study (4 run now by 2 worker(s))"]
+    assert rows["MLflow run"] == ["http://127.0.0.1:5000/#/runs/abc"]
