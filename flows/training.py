@@ -128,7 +128,7 @@ def evaluate_step(run_dir: str, run_id: str, checkpoint: str, settings_overrides
     return evaluation
 
 
-@task(name="compare-with-champion", retries=2, retry_delay_seconds=2)
+@task(name="compare-with-champion")
 def champion_step(run_dir: str, label_space: dict, settings_overrides: dict) -> ChampionScore | None:
     """The current champion re-scored on this run's test split (None when there is no champion)."""
     settings, mlflow_client = _mlflow(settings_overrides)
