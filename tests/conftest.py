@@ -1,25 +1,24 @@
-"""Shared test fixtures: an isolated STEELQC_HOME per test and access to ../shared/data (skipped when absent)."""
+"""Fixtures for every test folder: an isolated STEELQC_HOME per test and one real Prefect server per session.
+
+Each folder's own fixtures are in its conftest.py; helper functions shared between folders in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("STEELQC_SHARED_DATA", ROOT.parent / "shared" / "data"))
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
+import pytest
 
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared/data; the test is skipped when it is not there (a user's fresh clone)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is not present (../shared/data is only on the project machines)")
-    return path
+from tests.helpers import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -33,22 +32,9 @@ def steelqc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     """A real Prefect server on loopback for the session (saves every CLI call its own temporary server)."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
     port = free_port()
     home = tmp_path_factory.mktemp("prefect-home")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.ingest import (
@@ -21,76 +17,9 @@ from steelqc.tasks.data.ingest import (
     load_manifest,
     write_outputs,
 )
-from tests.conftest import shared_path
+from tests.helpers import H, W, make_folders, shared_path, write_csv, write_image
 
-H, W = 256, 1600
-
-
-def write_image(path: Path, shape=(H, W), fmt: str = "JPEG", seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(60, 200, size=shape, dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels, "L").save(path, fmt)
-    return path
-
-
-def png_bomb(path: Path, width: int = 60_000, height: int = 60_000) -> Path:
-    """A tiny PNG whose header claims a huge image (the header's CRC is recomputed)."""
-    write_image(path, (8, 8), "PNG")
-    data = bytearray(path.read_bytes())
-    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
-    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[12 : ihdr + 13]))
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
-    path.write_bytes(bytes(data))
-    return path
-
-
-def write_csv(root: Path, text: str) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train.csv").write_text(text)
-
-
-@pytest.fixture
-def messy(tmp_path: Path) -> Path:
-    """A Severstal data set holding one of each fault next to valid images."""
-    root = tmp_path / "messy"
-    images = root / "train_images"
-    for i, name in enumerate(["ok1.jpg", "ok2.jpg", "crack.jpg", "multi.jpg", "dent.jpg", "dup.jpg"]):
-        write_image(images / name, seed=i)
-    write_image(images / "png_inside.jpg", fmt="PNG", seed=9)  # extension lies; content decides: valid
-    for name in ["badrle.jpg", "cls9.jpg", "conflict.jpg", "clsx.jpg"]:
-        write_image(images / name, seed=11)
-    write_image(images / "small.jpg", shape=(100, 100))
-    truncated = write_image(images / "truncated.jpg", seed=3).read_bytes()
-    (images / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
-    (images / "garbage.jpg").write_bytes(b"this is not an image at all" * 10)
-    (images / "empty.jpg").write_bytes(b"")
-    png_bomb(images / "bomb.jpg")
-    write_csv(
-        root,
-        "ImageId,ClassId,EncodedPixels\n"
-        "crack.jpg,1,100 20 400 20\n"
-        "multi.jpg,3,5000 50\n"
-        "multi.jpg,1,9000 10\n"
-        "dent.jpg,3,1 5\n"
-        "dup.jpg,3,10 5\n"
-        "dup.jpg,3,10 5\n"
-        "png_inside.jpg,4,2000 100\n"
-        "missing.jpg,3,1 5\n"
-        "badrle.jpg,3,1 2 3\n"
-        "cls9.jpg,9,1 5\n"
-        "clsx.jpg,two,1 5\n"
-        "conflict.jpg,2,1 5\n"
-        "conflict.jpg,2,10 5\n"
-        "../escape.jpg,1,1 5\n"
-        "sub/inner.jpg,1,1 5\n"
-        "small.jpg,3,1 5\n"
-        "short.jpg,3\n",
-    )
-    return root
-
-
+# What ingest makes of the `messy` data set (tests/helpers.py, make_messy).
 EXPECTED_VALID = {"ok1.jpg", "ok2.jpg", "crack.jpg", "multi.jpg", "dent.jpg", "dup.jpg", "png_inside.jpg"}
 EXPECTED_REASONS = {
     "missing.jpg": "missing image",
@@ -207,18 +136,6 @@ def test_pixel_limit_refuses_before_decoding(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ folders
-
-
-def make_folders(root: Path) -> Path:
-    write_image(root / "ok" / "o1.png", (64, 64), "PNG")
-    write_image(root / "ok" / "o2.jpg", (64, 64))
-    write_image(root / "rust" / "r1.bmp", (32, 48), "BMP")
-    write_image(root / "crack" / "c1.jpeg", (80, 80))
-    write_image(root / "crack" / "c2.JPG", (80, 80))
-    (root / "crack" / "notes.txt").write_text("not an image")
-    (root / "crack" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (root / "readme.md").write_text("top-level file")
-    return root
 
 
 def test_folder_layout_classes_and_faults(tmp_path: Path) -> None:

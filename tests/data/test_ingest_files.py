@@ -25,9 +25,8 @@ from PIL import Image
 
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.ingest import ImageFault, IngestError, check_image, detect_format, folder_classes, scan_dir
+from tests.helpers import ROOT, H, W
 
-ROOT = Path(__file__).resolve().parents[2]
-H, W = 256, 1600
 TIMEOUT_S = 60
 
 _RUNNER = """

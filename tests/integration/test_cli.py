@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from steelqc.tasks.data.split import SPLITS, load_split
-from tests.conftest import shared_path
-from tests.data.test_ingest import make_folders, messy, write_csv, write_image  # noqa: F401  (fixture)
-
-STEELQC = [str(Path(sys.executable).with_name("steelqc"))]
+from tests.helpers import make_folders, run, shared_path, write_csv, write_image
 
 
-def run(*args: str, home: Path | None = None) -> tuple[int, dict | None, str]:
-    """Run the CLI; returns (exit code, parsed stdout JSON or None, stderr)."""
-    env = dict(os.environ)
-    if home is not None:
-        env["STEELQC_HOME"] = str(home)
-    proc = subprocess.run([*STEELQC, *args], capture_output=True, text=True, env=env, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) <= 1, f"stdout must hold one JSON object, got: {proc.stdout!r}"
-    return proc.returncode, (json.loads(lines[0]) if lines else None), proc.stderr
-
-
-def test_ingest_json_contract(messy: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_ingest_json_contract(messy: Path, tmp_path: Path) -> None:
     code, summary, stderr = run("ingest", str(messy), "--out", str(tmp_path / "out"), "--json")
     assert code == 0, stderr
     for key in ("valid", "quarantined", "by_class", "fingerprint", "manifest", "quarantine"):
@@ -40,14 +23,14 @@ def test_ingest_json_contract(messy: Path, tmp_path: Path) -> None:  # noqa: F81
     assert code == 1
 
 
-def test_ingest_default_out_is_a_run_folder_under_home(messy: Path, steelqc_home: Path) -> None:  # noqa: F811
+def test_ingest_default_out_is_a_run_folder_under_home(messy: Path, steelqc_home: Path) -> None:
     code, summary, stderr = run("ingest", str(messy), "--json", home=steelqc_home)
     assert code == 0, stderr
     out = Path(summary["out"])
     assert out.parent == steelqc_home / "runs" and not str(out).startswith(str(messy))
 
 
-def test_ingest_refuses_output_inside_the_data(messy: Path) -> None:  # noqa: F811
+def test_ingest_refuses_output_inside_the_data(messy: Path) -> None:
     code, summary, _ = run("ingest", str(messy), "--out", str(messy / "out"), "--json")
     assert code == 2 and "inside the data directory" in summary["error"]
     assert not (messy / "out").exists()
@@ -77,7 +60,7 @@ def test_unknown_critical_class_lists_the_classes(tmp_path: Path) -> None:
     assert code == 2 and "crack, rust" in summary["error"]
 
 
-def test_ingest_then_split(messy: Path, tmp_path: Path, steelqc_home: Path) -> None:  # noqa: F811
+def test_ingest_then_split(messy: Path, tmp_path: Path, steelqc_home: Path) -> None:
     out = tmp_path / "run"
     assert run("ingest", str(messy), "--out", str(out), "--json", home=steelqc_home)[0] == 0
     code, summary, stderr = run("split", str(out), "--json", home=steelqc_home)

@@ -15,8 +15,7 @@ import pytest
 
 from steelqc.infra.services import TEMPORARY, reap_orphans, temporary_prefect
 from steelqc.tasks.data.synth import generate_dataset
-from tests.data.test_ingest import write_csv, write_image
-from tests.integration.test_cli import STEELQC, run
+from tests.helpers import STEELQC, run, write_csv, write_image
 
 
 @pytest.fixture(scope="module")

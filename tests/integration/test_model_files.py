@@ -1,7 +1,7 @@
 """Loading a model never runs code from the model's files: the safe layout, refusals, weight hashes, repackaging.
 
-One tiny simple_cnn checkpoint is trained per module; each test registers it in its own MLflow store (SQLite under
-the test's STEELQC_HOME). Planted pickles would create a marker file if they were ever unpickled.
+One tiny simple_cnn checkpoint is trained per module; each test registers it in its own MLflow store (the `store`
+fixture: SQLite under the test's STEELQC_HOME). Planted pickles would create a marker file if they were ever unpickled.
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from steelqc.flows.evaluation import predict_images
 from steelqc.flows.training import register_step
 from steelqc.model_registry import packaging, promotion
 from steelqc.model_registry.gates import GateReport, Verdict
-from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
 from steelqc.tasks.evaluation.assess import Evaluation
 from steelqc.tasks.model.train import TrainResult, train_model
-from tests.model.test_train import LABELS, SHAPE, cfg, make_split
+from tests.helpers import LABELS, SHAPE, cfg, make_split
 
 STEELQC = str(Path(sys.executable).with_name("steelqc"))
 THRESHOLD = 0.4
@@ -72,13 +71,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "images": images,
         "proba": reference.predict_proba(pd.DataFrame({"path": images})),
     }
-
-
-@pytest.fixture
-def store(steelqc_home: Path) -> tuple[Settings, Any]:
-    settings = Settings()
-    configure(settings)
-    return settings, client(settings)
 
 
 def register(settings: Settings, trained: dict, tmp_path: Path) -> str:

@@ -1,6 +1,6 @@
 """Operations against real local servers: `steelqc server`, manual approval of a paused run, alerts, `steelqc serve`.
 
-Pipelines run on the tiny profile with relaxed gate thresholds (see test_training_flow) so that the gates pass and
+Pipelines run on the tiny profile with relaxed gate thresholds (tests/helpers.py, RELAXED) so that the gates pass and
 the approval path is reached; one run keeps the product's thresholds to exercise the gates-failed alert.
 """
 
@@ -11,18 +11,21 @@ import os
 import re
 import signal
 import subprocess
-import threading
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import mlflow
+import optuna
+import psycopg
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from steelqc.tasks.data.synth import generate_dataset
-from tests.conftest import ROOT, free_port
-from tests.integration.test_cli import STEELQC, run
-from tests.integration.test_training_flow import RELAXED
+from steelqc.tasks.model.tune import open_storage
+from tests.helpers import RELAXED, ROOT, STEELQC, TINY_SPACE, free_port, run
 
 pytestmark = pytest.mark.slow
 
@@ -36,33 +39,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: list[dict] = []  # noqa: RUF012 - one receiver per test module
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).received.append(json.loads(body or b"{}"))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    """A loopback HTTP endpoint that records the JSON alerts POSTed to it."""
-    _Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/alerts", _Receiver.received
-    server.shutdown()
-
-
-@pytest.fixture
-def ops_env(monkeypatch: pytest.MonkeyPatch, prefect_api: dict, webhook) -> dict:
-    for key, value in {**prefect_api, **RELAXED}.items():
+def ops_env(monkeypatch: pytest.MonkeyPatch, prefect_env: dict, webhook) -> dict:
+    for key, value in RELAXED.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("STEELQC_APPROVAL_POLL_S", "0.5")
     monkeypatch.setenv("STEELQC_ACTOR", "night-shift")  # the identity that starts the runs
@@ -83,8 +62,6 @@ def _start_training(data: Path, home: Path, log: Path, *extra: str, env: dict | 
 
 def _wait_paused(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
     """The flow run id once the run is paused for approval (from its alert), checked against the server."""
-    from prefect import get_client
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"training exited early:\n{log.read_text()[-3000:]}"
@@ -203,8 +180,6 @@ def test_gates_failed_and_run_failed_raise_alerts_with_links(
 
 
 def _deployment(name: str) -> dict:
-    from prefect import get_client
-
     with get_client(sync_client=True) as client:
         d = client.read_deployment_by_name(name)
         return {
@@ -297,10 +272,6 @@ def test_server_start_status_stop(tmp_path: Path) -> None:
 
 
 def test_servers_on_postgresql_one_database_each(tmp_path: Path) -> None:
-    import tempfile
-
-    import mlflow
-
     if (
         not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
         and subprocess.run(["which", "pg_ctl"], capture_output=True).returncode
@@ -319,8 +290,6 @@ def test_servers_on_postgresql_one_database_each(tmp_path: Path) -> None:
         tracking = started["ui"]["mlflow"]
         experiment = mlflow.MlflowClient(tracking).create_experiment("pg-check")
         assert mlflow.MlflowClient(tracking).get_experiment(experiment).name == "pg-check"
-        import psycopg
-
         with psycopg.connect(url.strip()) as conn:
             databases = [row[0] for row in conn.execute("SELECT datname FROM pg_database")]
         assert {"steelqc_prefect", "steelqc_mlflow"} <= set(databases)
@@ -329,24 +298,13 @@ def test_servers_on_postgresql_one_database_each(tmp_path: Path) -> None:
         subprocess.run([str(script), "stop", str(cluster)], capture_output=True)
 
 
-def test_work_pool_recipe_runs_tuning_workers_on_one_study(
-    tiny_data: Path, tmp_path: Path, prefect_api: dict, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_work_pool_recipe_runs_tuning_workers_on_one_study(tiny_data: Path, tmp_path: Path, prefect_env: dict) -> None:
     """infra/prefect.yaml as its header says: pool, deploy, create the study, two worker runs, one process worker."""
-    import sys
-
-    import optuna
-
-    from steelqc.tasks.model.tune import open_storage
-    from tests.integration.test_tuning import TINY_SPACE
-
-    for key, value in prefect_api.items():
-        monkeypatch.setenv(key, value)
     prefect = str(Path(sys.executable).with_name("prefect"))
     journal = tmp_path / "optuna.journal"
     env = {
         **os.environ,
-        **prefect_api,
+        **prefect_env,
         "STEELQC_HOME": str(tmp_path / "home"),
         "STEELQC_REPO": str(ROOT),
         "STEELQC_INCOMING": str(tiny_data),
@@ -366,10 +324,6 @@ def test_work_pool_recipe_runs_tuning_workers_on_one_study(
     for _ in range(2):
         sh(prefect, "deployment", "run", "tuning/worker", "--param", "trials=3", "--param", "profile=tiny")
     sh(prefect, "worker", "start", "--pool", "steelqc", "--run-once", timeout=400)
-
-    from prefect import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
     with get_client(sync_client=True) as client:
         worker = client.read_deployment_by_name("tuning/worker")
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[worker.id])))

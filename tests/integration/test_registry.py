@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from steelqc.model_registry.approval import ReviewerRefused, approve, reject
 from steelqc.model_registry.promotion import (
     CHAMPION,
+    LockTimeout,
     PromotionRefused,
     alias_version,
     aliases,
+    ensure_registered_model,
     history,
     move_alias,
     register_version,
@@ -21,13 +25,6 @@ from steelqc.model_registry.promotion import (
 )
 from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
-
-
-@pytest.fixture
-def store(steelqc_home: Path):
-    settings = Settings()
-    configure(settings)
-    return settings, client(settings)
 
 
 def new_version(settings: Settings, c, passed: bool) -> str:
@@ -109,8 +106,6 @@ def test_check_inside_the_lock_refuses_a_stale_decision(store) -> None:
 
 
 def _race(home: str, version: str, barrier) -> str:
-    import os
-
     os.environ["STEELQC_HOME"] = home
     settings = Settings()
     configure(settings)
@@ -152,8 +147,6 @@ def test_two_concurrent_promotions_leave_exactly_one_champion(store, steelqc_hom
 
 def test_lock_times_out_while_held(store) -> None:
     settings, c = store
-    from steelqc.model_registry.promotion import LockTimeout, ensure_registered_model
-
     ensure_registered_model(c, settings.registered_model)
     with (
         registry_lock(c, settings.registered_model),
@@ -167,8 +160,6 @@ def test_lock_times_out_while_held(store) -> None:
 
 def test_approval_refuses_reviewers_who_may_not_decide_and_records_it(store) -> None:
     """Self-approval and a blank reviewer are ReviewerRefused (the run asks again); a moved champion is not."""
-    from steelqc.model_registry.approval import ReviewerRefused, approve, reject
-
     settings, c = store
     name = settings.registered_model
     v1, v2 = new_version(settings, c, True), new_version(settings, c, True)

@@ -2,7 +2,8 @@
 
 The tiny profile (simple CNN, 32x192 inputs, one epoch) cannot reach the product's gate thresholds, so the
 tests that exercise promotion relax the thresholds through settings (they are settings) and check the mechanics:
-registration, aliases, champion comparison, audit trail, rollback, evaluation and inference of the champion.
+registration, aliases, champion comparison, audit trail, rollback, evaluation and inference of the champion (the
+session's shared tiny champion, the `champion` fixture of tests/integration/conftest.py).
 Model quality is measured by `make demo` and `benchmarks/`, not here.
 """
 
@@ -10,26 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from steelqc.model_registry.gates import GATE_NAMES
-from steelqc.tasks.data.synth import generate_dataset
-from tests.conftest import shared_path
-from tests.integration.test_cli import run
+from tests.helpers import RELAXED, Champion, run, shared_path
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_env")]  # one real Prefect server
 
-RELAXED = {
-    "STEELQC_GATES__MACRO_F1_MIN": "0",
-    "STEELQC_GATES__CRITICAL_RECALL_MIN": "0",
-    "STEELQC_GATES__CRITICAL_PRECISION_MIN": "0",
-    "STEELQC_GATES__GLARE_DELTA_F1_MAX": "1",
-    "STEELQC_GATES__MIN_TEST_SUPPORT_PER_CLASS": "1",
-    "STEELQC_GATES__CHAMPION_MACRO_F1_TOLERANCE": "1",
-    "STEELQC_BOOTSTRAP_SAMPLES": "200",
-}
 METRIC_KEYS = {
     "macro_f1",
     "micro_f1",
@@ -46,22 +37,14 @@ GLARE_KEYS = {"f1_clean", "f1_dim", "f1_bright", "delta_f1", "delta_f1_dim_brigh
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "data"
-    generate_dataset(out, n_images=120, seed=3, mix={0: 0.3, 1: 0.25, 2: 0.15, 3: 0.15, 4: 0.15})
-    return out
+def tiny_data(champion_data: Path) -> Path:
+    """The session's 120 generated images (the shared champion was trained on them too)."""
+    return champion_data
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(autouse=True)
-def shared_prefect(monkeypatch: pytest.MonkeyPatch, prefect_api: dict) -> None:
-    """The CLI calls of this module talk to one real Prefect server."""
-    for key, value in prefect_api.items():
-        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture
@@ -72,8 +55,6 @@ def relaxed(monkeypatch: pytest.MonkeyPatch, home: Path) -> Path:
 
 
 def prefect_post(api: dict, path: str, body: dict) -> list[dict]:
-    import urllib.request
-
     request = urllib.request.Request(
         f"{api['PREFECT_API_URL']}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
@@ -127,17 +108,14 @@ def test_two_runs_one_champion_and_an_audit_trail_of_both(tiny_data: Path, relax
     assert back["event"]["action"] == "rollback" and back["event"]["reason"] == "test rollback"
 
 
-def test_champion_evaluates_and_predicts(tiny_data: Path, relaxed: Path) -> None:
-    code, aliases, _ = run("registry", "history", "--json", home=relaxed)
-    if "champion" not in aliases.get("aliases", {}):
-        train(tiny_data, relaxed)
-    uri = "models:/steel-defect-classifier@champion"
-    code, result, stderr = run("evaluate", "--model", uri, "--data", str(tiny_data), "--json", home=relaxed)
+def test_champion_evaluates_and_predicts(tiny_data: Path, champion: Champion) -> None:
+    uri = champion.uri
+    code, result, stderr = run("evaluate", "--model", uri, "--data", str(tiny_data), "--json", home=champion.home)
     assert code == 0, stderr[-3000:]
     assert set(result["metrics"]) >= METRIC_KEYS and result["n_images"] == 120
     assert result["metrics"]["cam_in_mask"] is None or 0.0 <= result["metrics"]["cam_in_mask"] <= 1.0
     images = sorted((tiny_data / "train_images").iterdir())[:3]
-    code, pred, stderr = run("predict", "--model", uri, *map(str, images), "--json", home=relaxed)
+    code, pred, stderr = run("predict", "--model", uri, *map(str, images), "--json", home=champion.home)
     assert code == 0, stderr[-3000:]
     assert [Path(p["image"]).name for p in pred["predictions"]] == [p.name for p in images]
     for record in pred["predictions"]:
@@ -146,17 +124,16 @@ def test_champion_evaluates_and_predicts(tiny_data: Path, relaxed: Path) -> None
         assert record["critical"] == (record["label"] == "crack")
 
 
-def test_predict_reports_a_corrupt_image_and_keeps_the_others(tiny_data: Path, relaxed: Path, tmp_path: Path) -> None:
-    code, aliases, _ = run("registry", "history", "--json", home=relaxed)
-    if "champion" not in aliases.get("aliases", {}):
-        train(tiny_data, relaxed)
+def test_predict_reports_a_corrupt_image_and_keeps_the_others(
+    tiny_data: Path, champion: Champion, tmp_path: Path
+) -> None:
     good = sorted((tiny_data / "train_images").iterdir())[:2]
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(good[0].read_bytes()[:300])  # a truncated JPEG
     missing = tmp_path / "gone.jpg"
     images = [good[0], corrupt, good[1], missing]
-    args = ["predict", "--model", "models:/steel-defect-classifier@champion", *map(str, images), "--json"]
-    code, pred, stderr = run(*args, home=relaxed)
+    args = ["predict", "--model", champion.uri, *map(str, images), "--json"]
+    code, pred, stderr = run(*args, home=champion.home)
     assert code == 0, stderr[-3000:]
     records = pred["predictions"]
     assert [r["image"] for r in records] == [str(p) for p in images] and pred["failed"] == 2
@@ -167,20 +144,17 @@ def test_predict_reports_a_corrupt_image_and_keeps_the_others(tiny_data: Path, r
         assert record["error"]
     assert "unreadable" in records[1]["error"] and "no such file" in records[3]["error"]
     assert str(corrupt) in stderr
-    code, strict, _ = run(*args, "--strict", home=relaxed)
+    code, strict, _ = run(*args, "--strict", home=champion.home)
     assert code == 1 and strict["failed"] == 2 and len(strict["predictions"]) == 4
 
 
-def test_evaluate_without_a_usable_image_exits_1(tiny_data: Path, relaxed: Path, tmp_path: Path) -> None:
-    code, aliases, _ = run("registry", "history", "--json", home=relaxed)
-    if "champion" not in aliases.get("aliases", {}):
-        train(tiny_data, relaxed)
+def test_evaluate_without_a_usable_image_exits_1(champion: Champion, tmp_path: Path) -> None:
     data = tmp_path / "unusable"
     (data / "train_images").mkdir(parents=True)
     (data / "train_images" / "a.jpg").write_bytes(b"not an image")
     (data / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
-    args = ["evaluate", "--model", "models:/steel-defect-classifier@champion", "--data", str(data), "--json"]
-    code, result, stderr = run(*args, home=relaxed)
+    args = ["evaluate", "--model", champion.uri, "--data", str(data), "--json"]
+    code, result, stderr = run(*args, home=champion.home)
     assert code == 1, stderr[-3000:]
     assert result["n_images"] == 0 and result["quarantined"] == 1
     assert "no usable image" in stderr
@@ -198,20 +172,17 @@ def test_strict_gates_keep_the_model_out_and_record_why(tiny_data: Path, tmp_pat
     assert decision[0]["reason"] == summary["verdict"]["reason"] == summary["decision"]
 
 
-def test_real_severstal_sample_scores_with_cam_in_mask(tiny_data: Path, relaxed: Path) -> None:
+def test_real_severstal_sample_scores_with_cam_in_mask(champion: Champion) -> None:
     """The champion scores the 47 real Severstal images (PNG behind .jpg, official masks)."""
     sample = shared_path("severstal-sample")
-    code, aliases, _ = run("registry", "history", "--json", home=relaxed)
-    if "champion" not in aliases.get("aliases", {}):
-        train(tiny_data, relaxed)
     code, result, stderr = run(
         "evaluate",
         "--model",
-        "models:/steel-defect-classifier@champion",
+        champion.uri,
         "--data",
         str(sample),
         "--json",
-        home=relaxed,
+        home=champion.home,
     )
     assert code == 0, stderr[-3000:]
     assert result["n_images"] == 47 and set(result["metrics"]) >= METRIC_KEYS

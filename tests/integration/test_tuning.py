@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -13,18 +12,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow import MlflowClient
 
+from steelqc.tasks.config import load_settings
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.data.split import load_split
 from steelqc.tasks.data.synth import generate_dataset
-from steelqc.tasks.model.tune import open_storage
-from tests.conftest import ROOT
-from tests.integration.test_cli import STEELQC, run
+from steelqc.tasks.model.train import resolve_config
+from steelqc.tasks.model.tune import make_objective, open_storage
+from tests.helpers import STEELQC, TINY_SPACE, run
 
 pytestmark = pytest.mark.slow
-
-TINY_SPACE = {
-    "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-    "scheduler": {"type": "categorical", "choices": ["none", "cosine"]},
-}
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +33,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def tuning_env(monkeypatch: pytest.MonkeyPatch, prefect_api: dict) -> None:
-    for key, value in prefect_api.items():
-        monkeypatch.setenv(key, value)
+def tuning_env(monkeypatch: pytest.MonkeyPatch, prefect_env: dict) -> None:
     monkeypatch.setenv("STEELQC_TUNE_SPACE", json.dumps(TINY_SPACE))
     monkeypatch.setenv("STEELQC_TUNE_EPOCHS", "1")
     monkeypatch.setenv("STEELQC_BOOTSTRAP_SAMPLES", "100")
@@ -110,26 +106,6 @@ def test_killed_study_resumes_and_leaves_no_trial_running(tiny_data: Path, tmp_p
     assert summary["failed_trials"] == states.count(optuna.trial.TrialState.FAIL) == orphaned
 
 
-@pytest.fixture
-def postgres():
-    if shutil.which("pg_ctl") is None and not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
-        pytest.skip("PostgreSQL is not installed")
-    import tempfile
-
-    # its own folder under /tmp: as root the cluster runs as `postgres`, which cannot enter pytest's 0700 tmp dirs
-    cluster = Path(tempfile.mkdtemp(prefix="steelqc-pg-"))
-    script = ROOT / "infra" / "postgres.sh"
-    subprocess.run([str(script), "start", str(cluster)], check=True, capture_output=True, text=True)
-    try:
-        url = subprocess.run(
-            [str(script), "createdb", str(cluster), "optuna"], check=True, capture_output=True, text=True
-        ).stdout.strip()
-        yield url
-    finally:
-        subprocess.run([str(script), "stop", str(cluster)], check=False)
-        shutil.rmtree(cluster, ignore_errors=True)
-
-
 def test_two_workers_share_one_study_in_postgresql(tiny_data: Path, tmp_path: Path, postgres: str, monkeypatch) -> None:
     monkeypatch.setenv("STEELQC_OPTUNA_STORAGE", postgres)
     summary = tune(tiny_data, tmp_path / "home", 4, "--workers", "2")
@@ -144,8 +120,6 @@ def test_two_workers_share_one_study_in_postgresql(tiny_data: Path, tmp_path: Pa
 
 
 def test_train_with_tuning_nests_trials_and_uses_the_best_parameters(tiny_data: Path, tmp_path: Path) -> None:
-    from mlflow import MlflowClient
-
     home = tmp_path / "home"
     code, summary, stderr = run(
         "train", "--data", str(tiny_data), "--profile", "tiny", "--tune-trials", "2", "--json", home=home
@@ -167,12 +141,6 @@ def test_train_with_tuning_nests_trials_and_uses_the_best_parameters(tiny_data: 
 
 def test_a_pruned_trial_is_recorded_before_it_stops(tiny_data: Path, tmp_path: Path) -> None:
     """Pruned trials reach the trial logger (a nested MLflow run each), with the epoch they stopped at."""
-    from steelqc.tasks.config import load_settings
-    from steelqc.tasks.data.labels import LabelSpace
-    from steelqc.tasks.data.split import load_split
-    from steelqc.tasks.model.train import resolve_config
-    from steelqc.tasks.model.tune import make_objective
-
     run_dir = tmp_path / "run"
     code, _, stderr = run("ingest", str(tiny_data), "--out", str(run_dir), "--json")
     assert code == 0, stderr

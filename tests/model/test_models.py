@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,6 @@ from steelqc.tasks.model.models import (
     offline_mobilenet_file,
     set_train_mode,
 )
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No network (name resolution and connections fail, as on the project machines) and an empty torch hub."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise socket.gaierror(socket.EAI_NONAME, "network disabled by the test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    return tmp_path / "torch-home"
 
 
 def _trainable(module: nn.Module) -> set[bool]:

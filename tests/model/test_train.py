@@ -5,55 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from steelqc.tasks.data.datasets import InputSpec, class_weights
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.model.inference import CheckpointError, load_model, predict_proba, select_device
 from steelqc.tasks.model.models import build_model
 from steelqc.tasks.model.train import ResumeError, TrainConfig, lr_at, train_model, train_step
+from tests.helpers import LABELS, SHAPE, blob_image, cfg
 
-LABELS = LabelSpace({0: "ok", 1: "crack", 2: "scratch"}, "crack")
-SHAPE = (32, 64)
 TIMING_KEYS = {"seconds", "images_per_second"}
-
-
-def blob_image(label: int, rng: np.random.Generator, shape: tuple[int, int] = SHAPE) -> np.ndarray:
-    """Noisy grey texture; class 1 has a dark blob, class 2 a bright one (learnable, brightness-independent)."""
-    h, w = shape
-    img = rng.normal(120, 10, shape)
-    if label:
-        cy, cx = rng.integers(6, h - 6), rng.integers(6, w - 6)
-        yy, xx = np.ogrid[:h, :w]
-        img += (-80 if label == 1 else 80) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.5**2))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def make_split(root: Path, n: int, seed: int) -> pd.DataFrame:
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        label = i % 3
-        path = root / f"s{seed}_{i}.png"
-        Image.fromarray(blob_image(label, rng)).save(path)
-        rows.append({"image_id": path.name, "path": str(path), "label": label, "sha256": f"{seed}:{i}"})
-    return pd.DataFrame(rows)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
-    root = tmp_path_factory.mktemp("blobs")
-    return make_split(root / "train", 72, 1), make_split(root / "val", 36, 2)
-
-
-def cfg(**kwargs: object) -> TrainConfig:
-    base = dict(height=SHAPE[0], width=SHAPE[1], batch_size=12, lr=3e-3, epochs=2, patience=0, cache_images=True)
-    base.update(model="simple_cnn", weights="none", weighted_loss=True, num_workers=0)  # not the product defaults
-    return TrainConfig(**{**base, **kwargs})
 
 
 def without_timing(history: list[dict]) -> list[dict]:

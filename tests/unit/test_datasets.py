@@ -28,7 +28,7 @@ from steelqc.tasks.data.datasets import (
     standardize,
 )
 from steelqc.tasks.data.labels import LabelSpace
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 LABELS = LabelSpace({0: "ok", 1: "crack", 2: "scratch"}, "crack")
 SPEC = InputSpec(height=32, width=64)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steelqc.tasks.data.rle import RLEError, parse_runs, rle_decode, rle_encode, rle_pixel_count
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 SHAPES = st.tuples(st.integers(1, 12), st.integers(1, 12))
 

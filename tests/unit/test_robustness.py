@@ -9,6 +9,7 @@ import pytest
 
 from steelqc.tasks.evaluation.robustness import (
     GLARE_VARIANTS,
+    Band,
     band_for,
     band_profile,
     bright,
@@ -66,8 +67,6 @@ def test_band_is_deterministic_per_image_and_differs_between_images():
 
 
 def test_band_width_is_its_full_width_at_half_maximum():
-    from steelqc.tasks.evaluation.robustness import Band
-
     profile = band_profile((8, 1000), Band(center=0.5, angle_deg=0.0, width=0.1))
     assert ((profile[4] >= 0.5).sum()) == pytest.approx(100, abs=2)  # 10 % of 1000 columns
     assert profile[:, 500].min() == pytest.approx(1.0)  # vertical band: the axis column is at the peak

@@ -63,15 +63,6 @@ def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
-@pytest.fixture(scope="module")
-def full_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """40 full-size images with a defect-heavy mix and frequent second defects."""
-    out = tmp_path_factory.mktemp("synth") / "full"
-    mix = {0: 0.2, 1: 0.2, 2: 0.2, 3: 0.2, 4: 0.2}
-    summary = generate_dataset(out, 40, seed=3, mix=mix, shape=FULL, multi_defect_rate=0.3)
-    return out, summary
-
-
 # ------------------------------------------------------------------------------------------ determinism
 
 
