@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline_overhead.py [--n-images 300] [--model simple_cnn] [--epochs 2] [--json]
 
-1. bare: ``tasks.train.train_model`` on the train/val split, no Prefect, no MLflow;
+1. bare: ``steelqc.tasks.model.train.train_model`` on the train/val split, no Prefect, no MLflow;
 2. pipeline: the same training through the flow's Prefect tasks (``start-mlflow-run`` + ``train``, per-epoch
    metrics logged to the MLflow store) inside a Prefect flow run.
 
@@ -26,6 +26,22 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+from prefect import flow
+
+from steelqc.flows.training import (
+    ingest_step,
+    run_folder_step,
+    split_step,
+    start_run_step,
+    train_step,
+)
+from steelqc.tasks.config import load_settings
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.data.split import load_split
+from steelqc.tasks.data.synth import generate_dataset
+from steelqc.tasks.model.train import TrainConfig, resolve_config, train_model
+from steelqc.tasks.runs import write_state
+
 log = logging.getLogger("bench.overhead")
 
 
@@ -43,22 +59,6 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="steelqc-overhead-"))
     os.environ["STEELQC_HOME"] = str(work / "home")
-
-    from prefect import flow
-
-    from steelqc.flows.training import (
-        ingest_step,
-        run_folder_step,
-        split_step,
-        start_run_step,
-        train_step,
-    )
-    from steelqc.tasks.config import load_settings
-    from steelqc.tasks.data.labels import LabelSpace
-    from steelqc.tasks.data.split import load_split
-    from steelqc.tasks.data.synth import generate_dataset
-    from steelqc.tasks.model.train import TrainConfig, resolve_config, train_model
-    from steelqc.tasks.runs import write_state
 
     data = work / "data"
     generate_dataset(data, n_images=args.n_images, seed=7, mix={0: 0.3, 1: 0.2, 2: 0.15, 3: 0.2, 4: 0.15})

@@ -22,6 +22,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+from prefect import flow
+
+from steelqc.flows.tuning import tuning_flow_fn
+from steelqc.tasks.data.synth import generate_dataset
+
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "scheduler": {"type": "categorical", "choices": ["none", "cosine"]},
@@ -39,11 +44,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="steelqc-tune-bench-"))
     os.environ["STEELQC_TUNE_SPACE"] = json.dumps(SPACE)
     os.environ["STEELQC_TUNE_EPOCHS"] = "2"
-
-    from prefect import flow
-
-    from steelqc.flows.tuning import tuning_flow_fn
-    from steelqc.tasks.data.synth import generate_dataset
 
     data = work / "data"
     generate_dataset(data, n_images=args.n_images, seed=11, mix={0: 0.3, 1: 0.2, 2: 0.15, 3: 0.2, 4: 0.15})
