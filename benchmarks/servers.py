@@ -11,8 +11,6 @@
 Prints the figures (and one JSON object with ``--json``).
 """
 
-# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
-
 from __future__ import annotations
 
 import argparse

@@ -6,8 +6,6 @@ Imports of torch, MLflow, Prefect, pandas and numpy stay inside the commands tha
 so ``steelqc --help`` and the light commands start fast.
 """
 
-# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
-
 from __future__ import annotations
 
 import contextlib

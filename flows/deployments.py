@@ -10,8 +10,6 @@ Schedules carry a fixed slug, so re-deploying updates the same schedule instead 
 ``infra/prefect.yaml`` holds the same deployments for work pools.
 """
 
-# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
-
 from __future__ import annotations
 
 import logging

@@ -12,10 +12,8 @@ from pathlib import Path
 from prefect import task
 
 from steelqc.tasks.config import Settings, load_settings
-from steelqc.tasks.data.ingest import IngestError, check_out_dir, load_manifest, new_run_dir, write_outputs
-from steelqc.tasks.data.ingest import ingest as run_ingest
 from steelqc.tasks.data.labels import LabelSpace
-from steelqc.tasks.data.split import assign_splits, read_ledger, split_counts, update_ledger, write_splits
+from steelqc.tasks.data.prepare import ingest_to_folder, split_run_folder
 from steelqc.tasks.runs import find_resumable, write_state
 
 log = logging.getLogger(__name__)
@@ -29,17 +27,11 @@ def settings_for(overrides: dict | None) -> Settings:
 @task(name="ingest", retries=2, retry_delay_seconds=2)
 def ingest_step(data: str, fmt: str, critical_class: str | None, settings_overrides: dict) -> dict:
     """Validate the data into a new run folder: manifest, masks, quarantine, fingerprint."""
-
     settings = settings_for(settings_overrides)
-    check_out_dir(settings.runs_dir, Path(data))
-    result = run_ingest(Path(data), settings, fmt, critical_class)  # type: ignore[arg-type]
-    if result.manifest.empty:
-        raise IngestError(f"no valid image in {data}; nothing to train on")
-    run_dir = new_run_dir(settings, "train")
-    summary = write_outputs(result, run_dir)
+    result, summary = ingest_to_folder(Path(data), settings, fmt, critical_class, prefix="train", require_valid=True)
     label_space = LabelSpace(result.class_names, result.critical_class)
     image_shape = (int(result.manifest["height"].median()), int(result.manifest["width"].median()))
-    return {**summary, "run_dir": str(run_dir), "label_space": label_space.to_dict(), "image_shape": image_shape}
+    return {**summary, "run_dir": summary["out"], "label_space": label_space.to_dict(), "image_shape": image_shape}
 
 
 @task(name="choose-run-folder")
@@ -70,11 +62,5 @@ def run_folder_step(ingest: dict, config_fingerprint: str, resume: bool, setting
 
 @task(name="split", retries=2, retry_delay_seconds=2)
 def split_step(run_dir: str, settings_overrides: dict) -> dict:
-
-    settings = settings_for(settings_overrides)
-    manifest = load_manifest(Path(run_dir) / "manifest.csv")
-    ledger = settings.home / "split_ledger.csv"
-    assignment, warnings = assign_splits(manifest, settings.split, settings.seed, read_ledger(ledger))
-    paths = write_splits(manifest, assignment, Path(run_dir))
-    update_ledger(ledger, manifest, assignment)
-    return {"paths": paths, "counts": split_counts(manifest, assignment), "warnings": warnings}
+    """``splits/{train,val,test}.csv`` in the run folder (sticky through the split ledger)."""
+    return split_run_folder(Path(run_dir), settings_for(settings_overrides))

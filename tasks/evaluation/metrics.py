@@ -19,8 +19,6 @@ Conventions (the ``metrics`` block of README "The training pipeline", Evaluation
   flattened one-hot labels against the flattened probabilities; ``None`` when not computable.
 """
 
-# ruff: noqa: RUF100  (the PLC0415 markers below are for the rule once it is enabled)
-
 from __future__ import annotations
 
 import logging

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from steelqc.flows import cli
 from steelqc.tasks.data.split import SPLITS, load_split
 from tests.helpers import STEELQC, Champion, make_folders, run, shared_path, write_csv, write_image
 
@@ -166,8 +167,6 @@ def test_train_evaluate_predict_print_summaries_and_no_request_logs(
 
 
 def test_library_request_logs_are_quiet_unless_verbose() -> None:
-    from steelqc.flows import cli
-
     assert {"httpx", "urllib3", "alembic"} <= set(cli.NOISY_LOGGERS)
     loggers = [logging.getLogger(name) for name in cli.NOISY_LOGGERS]
     before = [logger.level for logger in loggers]

@@ -135,7 +135,7 @@ def test_a_server_left_behind_is_stopped_by_the_next_command(steelqc_home: Path)
     code = (
         "import os, sys, time\n"
         "from pathlib import Path\n"
-        "from infra.services import temporary_prefect\n"
+        "from steelqc.infra.services import temporary_prefect\n"
         "with temporary_prefect(Path(sys.argv[1]), die_with_parent=False) as url:\n"
         "    print(url, flush=True)\n"
         "    time.sleep(600)\n"
