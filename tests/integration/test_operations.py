@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -199,6 +200,8 @@ def _serve(env: dict) -> tuple[subprocess.Popen, dict]:
     )
     line = proc.stdout.readline()
     assert line, "steelqc serve printed nothing"
+    # keep reading what it prints after the summary, so a full pipe can never block its shutdown
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, json.loads(line)
 
 
