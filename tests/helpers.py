@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,3 +209,23 @@ def run(*args: str, home: Path | None = None) -> tuple[int, dict | None, str]:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) <= 1, f"stdout must hold one JSON object, got: {proc.stdout!r}"
     return proc.returncode, (json.loads(lines[0]) if lines else None), proc.stderr
+
+
+class Blocked(Exception):
+    """A call blocked (not an OSError, so no ``except OSError`` can turn it into a quarantine reason)."""
+
+
+@contextmanager
+def alarm(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging) when a call in the main thread blocks for longer than ``seconds``."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise Blocked(f"blocked for more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from PIL import Image
 
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.ingest import ImageFault, IngestError, check_image, detect_format, folder_classes, scan_dir
-from tests.helpers import ROOT, H, W
+from tests.helpers import ROOT, H, W, alarm
 
 TIMEOUT_S = 60
 
@@ -58,26 +56,6 @@ def run_ingest(root: Path, fmt: str = "auto", env: dict[str, str] | None = None)
         pytest.fail(f"ingest did not finish within {TIMEOUT_S} s (blocked on a special file?)")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
-
-
-class Blocked(Exception):
-    """A call blocked (not an OSError, so no ``except OSError`` can turn it into a quarantine reason)."""
-
-
-@contextmanager
-def alarm(seconds: int) -> Iterator[None]:
-    """Fail (instead of hanging) when a call in the main thread blocks for longer than ``seconds``."""
-
-    def expired(signum: int, frame: object) -> None:
-        raise Blocked(f"blocked for more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def write_image(path: Path, shape: tuple[int, int] = (H, W), fmt: str = "PNG", seed: int = 0) -> Path:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from steelqc.tasks.data.imageio import (
     image_to_array,
     unsupported_mode_reason,
 )
+from tests.helpers import alarm
 
 H, W = 12, 20
 RNG = np.random.default_rng(8)
@@ -253,22 +251,6 @@ def test_colour_output_is_not_there_yet(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ special files
-
-
-@contextmanager
-def alarm(seconds: int) -> Iterator[None]:
-    """Turn a call that blocks in the main thread into a failure."""
-
-    def expired(signum: int, frame: object) -> None:
-        raise AssertionError(f"blocked for more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_decode_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
