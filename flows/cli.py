@@ -697,7 +697,14 @@ def serve_cmd(
     )
     if not register_only:
         cfg.incoming_dir.mkdir(parents=True, exist_ok=True)
-        deployments.serve(cfg)
+        try:
+            deployments.serve(cfg)
+        except KeyboardInterrupt:
+            log.info("steelqc serve stopped; the schedules stay active")
+        finally:  # nothing left to do: background threads of the runner must not hold the exit (seen: > 3 min)
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
 
 
 DEMO_MIX = "0=0.28,1=0.22,2=0.16,3=0.20,4=0.14"
