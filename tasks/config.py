@@ -76,6 +76,16 @@ TINY_PROFILE: dict[str, Any] = {
 }
 
 
+class DriftRule(BaseModel):
+    """When a batch of new images counts as drifted (README "Drift monitoring" says why these values)."""
+
+    stattest: str = "wasserstein"
+    stattest_threshold: float = 0.25
+    drifted_share: float = 0.3
+    embedding_method: str = "distance"
+    embedding_threshold: float = 0.6
+
+
 class SplitFractions(BaseModel):
     """Share of each class that goes to train, validation and test."""
 
@@ -158,6 +168,38 @@ class Settings(BaseSettings):
         default=None, description="A saved Prefect notification block, 'type-slug/name' (Slack, Teams, e-mail...)."
     )
 
+    # Drift monitoring (README "Drift monitoring"): `steelqc monitor` and the drift-monitor/hourly deployment
+    monitor_inbox: str | None = Field(
+        default=None,
+        description="Where new factory images arrive: a folder or s3://bucket/prefix; default STEELQC_HOME/inbox.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 server for s3:// inboxes and review queues (MinIO, ...); default AWS."
+    )
+    monitoring_experiment: str = "steel-monitoring"
+    monitor_min_images: int = Field(default=50, ge=1, description="Images to wait for before a drift decision.")
+    monitor_max_images: int = Field(default=5000, ge=1, description="Most images one monitoring run takes.")
+    monitor_batch_size: int = Field(default=32, ge=1, description="Images per inference batch.")
+    drift: DriftRule = Field(default_factory=lambda: DriftRule())
+    retrain_cooldown_s: int = Field(
+        default=12 * 3600, ge=0, description="At most one drift-triggered retrain per this many seconds."
+    )
+    retrain_without_new_labels: bool = Field(
+        default=False,
+        description="Start the retrain on drift even when the nightly data is what the champion was trained on.",
+    )
+    review_dir: str | None = Field(
+        default=None, description="The labelling queue: a folder or s3://bucket/prefix; default STEELQC_HOME/review."
+    )
+    review_least_confident: int = Field(default=10, ge=0, description="Least confident images queued per batch.")
+    review_margin: float = Field(
+        default=0.1, ge=0, description="Queue images whose critical probability is this close to the threshold."
+    )
+    review_drift_sample: int = Field(default=20, ge=0, description="Images of a drifted batch queued at random.")
+    novelty_quantile: float = Field(
+        default=0.99, gt=0.5, lt=1.0, description="Share of familiar validation images under the novelty threshold."
+    )
+
     # Optuna
     optuna_storage: str | None = Field(
         default=None,
@@ -235,6 +277,16 @@ class Settings(BaseSettings):
     def incoming_dir(self) -> Path:
         """Where the nightly retraining reads its data."""
         return self.nightly_data or self.home / "incoming"
+
+    @property
+    def inbox(self) -> str:
+        """Where new factory images arrive (a folder or an s3:// prefix)."""
+        return self.monitor_inbox or str(self.home / "inbox")
+
+    @property
+    def review_queue(self) -> str:
+        """The labelling queue (a folder or an s3:// prefix)."""
+        return self.review_dir or str(self.home / "review")
 
     @property
     def artifact_root(self) -> Path:
