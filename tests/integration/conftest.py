@@ -1,5 +1,5 @@
 """Fixtures of the integration tests: the session's Prefect server in the environment, an MLflow store, a shared
-tiny champion, an alert receiver, a PostgreSQL database."""
+tiny champion, an alert receiver, a PostgreSQL database, an S3 server (moto)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,27 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.client import BaseClient
 from mlflow import MlflowClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.synth import generate_dataset
-from tests.helpers import RELAXED, ROOT, STEELQC, Champion, make_messy
+from tests.helpers import RELAXED, ROOT, STEELQC, Champion, free_port, make_messy
 
 TINY_MIX = {0: 0.3, 1: 0.25, 2: 0.15, 3: 0.15, 4: 0.15}
 
@@ -127,3 +134,61 @@ def postgres() -> Iterator[str]:
     finally:
         subprocess.run([str(script), "stop", str(cluster)], check=False)
         shutil.rmtree(cluster, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ S3 (moto server)
+
+
+@dataclass(frozen=True)
+class MotoS3:
+    """A running moto S3 server: ``endpoint_url`` and ``client()``, a boto3 S3 client talking HTTP to it."""
+
+    endpoint_url: str
+    client: Callable[[], BaseClient]
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]:
+    """moto's standalone S3 server (``moto_server``, a subprocess on a free loopback port) for one test.
+
+    Dummy credentials and region go in the environment, and ``STEELQC_S3_ENDPOINT_URL`` points at the server, so
+    ``Settings()`` and the CLI use it; boto3 talks HTTP to it (no in-process mocking).
+    """
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("STEELQC_S3_ENDPOINT_URL", url)
+    server = str(Path(sys.executable).with_name("moto_server"))
+    log_path = tmp_path / "moto.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with opener.open(url, timeout=2):
+                break
+        except urllib.error.HTTPError:  # an HTTP answer, even an error, means it is up
+            break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"moto_server did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+    try:
+        yield MotoS3(url, lambda: boto3.client("s3", endpoint_url=url, region_name="us-east-1"))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
