@@ -80,8 +80,8 @@ class DriftRule(BaseModel):
     """When a batch of new images counts as drifted (README "Drift monitoring" says why these values)."""
 
     stattest: str = "wasserstein"
-    stattest_threshold: float = 0.25
-    drifted_share: float = 0.3
+    stattest_threshold: float = 0.3
+    drifted_share: float = 0.125
     embedding_method: str = "distance"
     embedding_threshold: float = 0.6
 
@@ -177,7 +177,9 @@ class Settings(BaseSettings):
         default=None, description="S3 server for s3:// inboxes and review queues (MinIO, ...); default AWS."
     )
     monitoring_experiment: str = "steel-monitoring"
-    monitor_min_images: int = Field(default=50, ge=1, description="Images to wait for before a drift decision.")
+    monitor_min_images: int = Field(
+        default=200, ge=1, description="Images to wait for before a drift decision (the drift rule is set for 200+)."
+    )
     monitor_max_images: int = Field(default=5000, ge=1, description="Most images one monitoring run takes.")
     monitor_batch_size: int = Field(default=32, ge=1, description="Images per inference batch.")
     drift: DriftRule = Field(default_factory=lambda: DriftRule())

@@ -304,6 +304,17 @@ def gradcam_target_layer(model: nn.Module, name: str) -> nn.Module:
     raise ValueError(f"unknown model {name!r}")
 
 
+def head_layer(model: nn.Module, name: str) -> nn.Linear:
+    """The final linear layer: its input is the penultimate-layer embedding (drift and novelty features)."""
+    if name == "simple_cnn":
+        return model.classifier
+    if name == "resnet50":
+        return model.fc
+    if name == "mobilenet_v2":
+        return model.classifier[-1]
+    raise ValueError(f"unknown model {name!r}")
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,422 @@
+"""Image features for drift monitoring and novelty: the same code computes the training reference and the new side.
+
+Per image:
+
+* photometric features of the decoded grey image at its own size (:data:`PHOTOMETRIC`): mean and spread of
+  brightness, contrast (5th-95th percentile range), sharpness (log variance of the Laplacian), the share of
+  saturated pixels (a glare signal) and the share of near-black pixels;
+* the model's view: the penultimate-layer embedding (the input of the final linear layer), projected to at most
+  16 whitened components by a :class:`Projection` fitted on the training images; the predicted class under the
+  critical threshold, its confidence (max probability) and margin (top-1 minus top-2), the critical probability;
+* a novelty score (:class:`Novelty`): how far the embedding lies from the training images, with a threshold
+  calibrated on the validation split so that about 1 % of familiar images exceed it.
+
+Inference is batched (a DataLoader; no image is held longer than its batch) with a progress bar on stderr. An
+image that cannot be read gets an ``error`` instead of features; the others go on. The reference is stored as
+CSV, JSON and a NumPy ``.npz`` (read with ``allow_pickle=False``): never a pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
+from steelqc.tasks.data.datasets import Corruption, InputSpec, build_transforms
+from steelqc.tasks.data.imageio import decode_image, read_regular_file
+from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.evaluation.metrics import decide
+from steelqc.tasks.model.inference import autocast_context, to_device
+from steelqc.tasks.model.models import head_layer
+
+log = logging.getLogger(__name__)
+
+PHOTOMETRIC = ("brightness_mean", "brightness_std", "contrast", "sharpness", "saturated_share", "dark_share")
+MODEL_VIEW = ("confidence", "margin")
+SATURATED_LEVEL = 250
+"""Grey level (of 255) from which a pixel counts as saturated (glare)."""
+DARK_LEVEL = 5
+"""Grey level up to which a pixel counts as near-black."""
+MAX_COMPONENTS = 16
+REFERENCE_FORMAT = "steelqc-reference/1"
+REFERENCE_FILES = ("reference.json", "features.csv", "arrays.npz")
+KNN_BANK_MAX = 4096
+"""Most training embeddings the k-NN novelty score keeps (a seeded sample beyond that)."""
+
+
+def embedding_columns(k: int) -> list[str]:
+    return [f"emb_{i:02d}" for i in range(k)]
+
+
+# ------------------------------------------------------------------------------------------- photometric
+
+
+def photometric_features(img: np.ndarray) -> np.ndarray:
+    """:data:`PHOTOMETRIC` of a uint8 grey image (float32; brightness and contrast on the 0..1 scale)."""
+    if img.dtype != np.uint8 or img.ndim != 2 or img.size == 0:
+        raise ValueError(f"expected a non-empty uint8 grey image, got {img.dtype} {img.shape}")
+    hist = np.bincount(img.ravel(), minlength=256).astype(np.float64)
+    n = float(img.size)
+    levels = np.arange(256, dtype=np.float64)
+    mean = float(hist @ levels) / n
+    std = math.sqrt(float(hist @ (levels - mean) ** 2) / n)
+    cdf = np.cumsum(hist) / n
+    p05, p95 = int(np.searchsorted(cdf, 0.05)), int(np.searchsorted(cdf, 0.95))
+    laplacian = cv2.Laplacian(img, cv2.CV_32F)
+    return np.array(
+        [
+            mean / 255.0,
+            std / 255.0,
+            (p95 - p05) / 255.0,
+            math.log1p(float(laplacian.var())),
+            float(hist[SATURATED_LEVEL:].sum()) / n,
+            float(hist[: DARK_LEVEL + 1].sum()) / n,
+        ],
+        dtype=np.float32,
+    )
+
+
+# ------------------------------------------------------------------------------------------- extraction
+
+
+class FeatureDataset(Dataset):
+    """Images as ``(model tensor, photometric features, error)``; an unreadable image gives zeros, NaNs and the
+    reason instead of raising, so one bad file never stops a batch."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        spec: InputSpec,
+        corruption: Corruption | None = None,
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    ):
+        self.paths = [str(p) for p in paths]
+        self.spec, self.corruption, self.max_bytes = spec, corruption, max_bytes
+        self.transform = build_transforms(spec, train=False)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray, str]:
+        path = self.paths[index]
+        try:
+            img = decode_image(io.BytesIO(read_regular_file(path, self.max_bytes)))
+            if self.corruption is not None:
+                img = np.ascontiguousarray(self.corruption(img, Path(path).name), dtype=np.uint8)
+            return self.transform(image=img)["image"], photometric_features(img), ""
+        except Exception as exc:  # unreadable, truncated, special file, unsupported mode...
+            blank = torch.zeros(self.spec.channels, self.spec.height, self.spec.width)
+            return blank, np.full(len(PHOTOMETRIC), np.nan, dtype=np.float32), f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class RawFeatures:
+    """Features of a list of images, in order: photometric (N x 6), embedding (N x D), probabilities (N x C);
+    ``errors[i]`` is empty for a usable image."""
+
+    paths: list[str]
+    photometric: np.ndarray
+    embedding: np.ndarray
+    proba: np.ndarray
+    errors: list[str]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([not e for e in self.errors], dtype=bool)
+
+    def subset(self, mask: np.ndarray) -> RawFeatures:
+        keep = np.flatnonzero(mask)
+        return RawFeatures(
+            [self.paths[i] for i in keep],
+            self.photometric[keep],
+            self.embedding[keep],
+            self.proba[keep],
+            [self.errors[i] for i in keep],
+        )
+
+
+@torch.inference_mode()
+def extract(
+    model: nn.Module,
+    architecture: str,
+    spec: InputSpec,
+    paths: Sequence[str | Path],
+    *,
+    batch_size: int = 32,
+    device: str = "cpu",
+    corruption: Corruption | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "features",
+) -> RawFeatures:
+    """Photometric features, embeddings and probabilities of ``paths`` in one pass of the model.
+
+    CUDA: autocast (fp16), channels-last, pinned memory; CPU: channels-last. Unreadable images get an error.
+    """
+    cuda = str(device).startswith("cuda")
+    model.to(device, memory_format=torch.channels_last).eval()
+    captured: list[torch.Tensor] = []
+    hook = head_layer(model, architecture).register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach().float().cpu())
+    )
+    dataset = FeatureDataset(paths, spec, corruption)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda)
+    photometric, proba, errors = [], [], []
+    try:
+        with tqdm(total=len(dataset), desc=desc, unit="img", file=sys.stderr, disable=not progress) as bar:
+            for images, feats, errs in loader:
+                with autocast_context(device, cuda):
+                    logits = model(to_device(images, device, channels_last=True))
+                proba.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                photometric.append(np.asarray(feats, dtype=np.float32))
+                errors += list(errs)
+                bar.update(len(errs))
+    finally:
+        hook.remove()
+    n_classes = proba[0].shape[1] if proba else 0
+    return RawFeatures(
+        [str(p) for p in paths],
+        np.concatenate(photometric) if photometric else np.zeros((0, len(PHOTOMETRIC)), np.float32),
+        torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32),
+        np.concatenate(proba) if proba else np.zeros((0, n_classes), np.float32),
+        errors,
+    )
+
+
+# ------------------------------------------------------------------------------------------- projection
+
+
+@dataclass
+class Projection:
+    """PCA of training embeddings to ``k`` whitened components (unit variance on the training images)."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.components.shape[0])
+
+    @classmethod
+    def fit(cls, embedding: np.ndarray, k: int = MAX_COMPONENTS) -> Projection:
+        x = np.asarray(embedding, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"a projection needs at least 2 embeddings, got shape {x.shape}")
+        mean = x.mean(axis=0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        k = max(1, min(k, len(x) - 1, x.shape[1]))
+        scale = s[:k] / math.sqrt(len(x) - 1)
+        return cls(mean.astype(np.float32), vt[:k].astype(np.float32), np.maximum(scale, 1e-6).astype(np.float32))
+
+    def transform(self, embedding: np.ndarray) -> np.ndarray:
+        return ((np.asarray(embedding, np.float32) - self.mean) @ self.components.T) / self.scale
+
+
+# ------------------------------------------------------------------------------------------- novelty
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass
+class Novelty:
+    """How unfamiliar an image is to the model: the cosine distance of its embedding to the ``k``-th nearest
+    training embedding (deep k-nearest-neighbours; no assumption on the shape of the classes). ``threshold`` is
+    the ``quantile`` of the validation images' scores (None until calibrated)."""
+
+    bank: np.ndarray
+    k: int = 5
+    threshold: float | None = None
+    quantile: float | None = None
+
+    @classmethod
+    def fit(cls, embedding: np.ndarray, k: int = 5, seed: int = 0) -> Novelty:
+        x = _l2_normalise(embedding)
+        if len(x) > KNN_BANK_MAX:
+            x = x[np.sort(np.random.default_rng(seed).choice(len(x), KNN_BANK_MAX, replace=False))]
+        return cls(bank=x.astype(np.float16), k=max(1, min(k, len(x))))
+
+    def score(self, embedding: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """Novelty scores (N,): 0 = on top of a training image, 2 = opposite."""
+        x, bank = _l2_normalise(embedding), self.bank.astype(np.float32)
+        out = np.empty(len(x), dtype=np.float32)
+        for start in range(0, len(x), batch):
+            sims = x[start : start + batch] @ bank.T
+            kth = np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
+            out[start : start + batch] = 1.0 + kth  # 1 - (k-th largest similarity)
+        return out
+
+    def calibrate(self, embedding: np.ndarray, quantile: float) -> float:
+        """Set the threshold to the ``quantile`` of these (familiar, held-out) images' scores."""
+        scores = self.score(embedding)
+        if len(scores) == 0:
+            raise ValueError("cannot calibrate the novelty threshold on no images")
+        self.threshold, self.quantile = float(np.quantile(scores, quantile)), float(quantile)
+        return self.threshold
+
+    def is_novel(self, scores: np.ndarray) -> np.ndarray:
+        if self.threshold is None:
+            return np.zeros(len(scores), dtype=bool)
+        return np.asarray(scores) > self.threshold
+
+
+# ------------------------------------------------------------------------------------------- frames
+
+
+def features_frame(
+    raw: RawFeatures,
+    projection: Projection,
+    novelty: Novelty | None,
+    label_space: LabelSpace,
+    threshold: float | None,
+) -> pd.DataFrame:
+    """One row per usable image: ``path``, photometric, ``emb_*``, ``predicted``, ``confidence``, ``margin``,
+    ``critical_proba``, ``novelty``, ``novel`` (rows with an error are left out: the caller quarantines them)."""
+    good = raw.subset(raw.ok)
+    frame = pd.DataFrame(good.photometric, columns=list(PHOTOMETRIC))
+    frame.insert(0, "path", good.paths)
+    if len(good.paths):
+        emb = pd.DataFrame(projection.transform(good.embedding), columns=embedding_columns(projection.k))
+        top2 = -np.sort(-good.proba, axis=1)[:, :2]
+        chosen = decide(good.proba, label_space.critical_index, threshold)
+        scores = novelty.score(good.embedding) if novelty is not None else np.full(len(good.paths), np.nan)
+        frame = pd.concat([frame, emb], axis=1)
+        frame["predicted"] = [label_space.names[i] for i in chosen]
+        frame["confidence"] = top2[:, 0]
+        frame["margin"] = top2[:, 0] - (top2[:, 1] if good.proba.shape[1] > 1 else 0.0)
+        frame["critical_proba"] = good.proba[:, label_space.critical_index]
+        frame["novelty"] = scores
+        frame["novel"] = novelty.is_novel(scores) if novelty is not None else False
+    else:
+        for col in [*embedding_columns(projection.k), "predicted", *MODEL_VIEW, "critical_proba", "novelty"]:
+            frame[col] = pd.Series(dtype=float)
+        frame["novel"] = pd.Series(dtype=bool)
+    return frame
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+@dataclass
+class Reference:
+    """What a monitor compares new images with: the training images' features (``frame``, with ``split`` =
+    ``train`` or ``val``), the projection and the novelty score fitted on them, and ``meta``."""
+
+    frame: pd.DataFrame
+    projection: Projection
+    novelty: Novelty
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self, split: str | None = "train") -> pd.DataFrame:
+        """The reference rows of one split (all rows when None)."""
+        return self.frame if split is None else self.frame[self.frame["split"] == split].reset_index(drop=True)
+
+    def save(self, folder: Path) -> list[Path]:
+        """``reference.json``, ``features.csv`` and ``arrays.npz`` in ``folder`` (no pickle)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "projection_mean": self.projection.mean,
+            "projection_components": self.projection.components,
+            "projection_scale": self.projection.scale,
+            "novelty_bank": self.novelty.bank,
+        }
+        np.savez_compressed(folder / "arrays.npz", **arrays)
+        self.frame.to_csv(folder / "features.csv", index=False)
+        meta = {
+            **self.meta,
+            "format": REFERENCE_FORMAT,
+            "photometric": list(PHOTOMETRIC),
+            "components": self.projection.k,
+            "novelty": {
+                "method": "knn-cosine",
+                "k": self.novelty.k,
+                "threshold": self.novelty.threshold,
+                "quantile": self.novelty.quantile,
+            },
+        }
+        (folder / "reference.json").write_text(json.dumps(meta, indent=2, default=str))
+        return [folder / name for name in REFERENCE_FILES]
+
+    @classmethod
+    def load(cls, folder: Path) -> Reference:
+        """Read a saved reference (``allow_pickle=False``); a missing or foreign file raises ``ValueError``."""
+        missing = [name for name in REFERENCE_FILES if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(f"{folder} is not a steelqc drift reference: missing {', '.join(missing)}")
+        meta = json.loads((folder / "reference.json").read_text())
+        if meta.get("format") != REFERENCE_FORMAT:
+            raise ValueError(f"{folder}/reference.json: format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
+        with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
+            projection = Projection(
+                arrays["projection_mean"], arrays["projection_components"], arrays["projection_scale"]
+            )
+            nov = meta["novelty"]
+            novelty = Novelty(arrays["novelty_bank"], int(nov["k"]), nov.get("threshold"), nov.get("quantile"))
+        frame = pd.read_csv(folder / "features.csv")
+        return cls(frame, projection, novelty, meta)
+
+
+def build_reference(
+    model: nn.Module,
+    architecture: str,
+    spec: InputSpec,
+    label_space: LabelSpace,
+    threshold: float | None,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    *,
+    quantile: float = 0.99,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = True,
+    seed: int = 0,
+) -> Reference:
+    """The drift and novelty reference of a trained model: features of its training and validation images, the
+    projection and the novelty score fitted on the training images, the novelty threshold on the validation ones.
+
+    ``train``/``val`` are split frames (``path``, ``label``). Unreadable images are left out and counted.
+    """
+    kwargs = {"batch_size": batch_size, "device": device, "progress": progress}
+    raw_train = extract(model, architecture, spec, train["path"].tolist(), desc="reference (train)", **kwargs)
+    raw_val = extract(model, architecture, spec, val["path"].tolist(), desc="reference (val)", **kwargs)
+    good_train = raw_train.subset(raw_train.ok)
+    projection = Projection.fit(good_train.embedding)
+    novelty = Novelty.fit(good_train.embedding, seed=seed)
+    good_val = raw_val.subset(raw_val.ok)
+    if len(good_val.paths):
+        novelty.calibrate(good_val.embedding, quantile)
+    frames = []
+    for split, raw, source in (("train", raw_train, train), ("val", raw_val, val)):
+        part = features_frame(raw, projection, novelty, label_space, threshold)
+        labels = dict(zip(source["path"].astype(str), source["label"], strict=False)) if "label" in source else {}
+        part.insert(1, "split", split)
+        part.insert(2, "label", [labels.get(p) for p in part["path"]])
+        frames.append(part)
+    meta = {
+        "architecture": architecture,
+        "input_spec": spec.to_dict(),
+        "label_space": label_space.to_dict(),
+        "critical_threshold": threshold,
+        "n_train": int(raw_train.ok.sum()),
+        "n_val": int(raw_val.ok.sum()),
+        "unreadable": int((~raw_train.ok).sum() + (~raw_val.ok).sum()),
+    }
+    return Reference(pd.concat(frames, ignore_index=True), projection, novelty, meta)
