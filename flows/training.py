@@ -28,6 +28,7 @@ from steelqc.model_registry import packaging, promotion
 from steelqc.model_registry.champion import score_champion
 from steelqc.model_registry.gates import ChampionScore, GateReport, evaluate_gates
 from steelqc.model_registry.policy import PromotionOutcome, decide_promotion
+from steelqc.model_registry.reference import log_reference, reference_for_run, stored_reference
 from steelqc.model_registry.store import client, configure
 from steelqc.model_registry.tags import version_tags
 from steelqc.tasks.config import Settings
@@ -126,6 +127,19 @@ def evaluate_step(run_dir: str, run_id: str, checkpoint: str, settings_overrides
     for path in evaluation.artifacts.values():
         mlflow_client.log_artifact(run_id, path, artifact_path="evaluation")
     return evaluation
+
+
+@task(name="drift-reference", retries=1, retry_delay_seconds=2)
+def reference_step(
+    run_dir: str, run_id: str, checkpoint: str, threshold: float | None, settings_overrides: dict
+) -> str:
+    """Features of the training and validation images, the embedding projection and the calibrated novelty score:
+    the reference the drift monitor compares new images with, logged with the run (once; a resumed run reuses it)."""
+    settings, mlflow_client = _mlflow(settings_overrides)
+    if stored_reference(mlflow_client, run_id) is None:
+        reference = reference_for_run(Path(run_dir), Path(checkpoint), threshold, settings)
+        log_reference(mlflow_client, run_id, reference)
+    return f"runs:/{run_id}/reference"
 
 
 @task(name="compare-with-champion")
@@ -332,6 +346,7 @@ def training_pipeline(
     cfg, tuning = _tuned_config(cfg, run_dir, run_id, ingest, tune_trials, tune_workers, overrides)
     train = train_step(run_dir, run_id, cfg.to_dict(), ingest["label_space"], resume, overrides)
     evaluation = evaluate_step(run_dir, run_id, str(train.best_checkpoint), overrides)
+    reference_step(run_dir, run_id, str(train.best_checkpoint), evaluation.threshold, overrides)
     champion = champion_step(run_dir, ingest["label_space"], overrides)
     report = gates_step(evaluation.metrics, ingest["critical_class"], champion, overrides)
     version = register_step(run_dir, run_id, evaluation, train, report, ingest["fingerprint"], overrides)
