@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from steelqc.model_registry import packaging
-from steelqc.model_registry.store import configure
+from steelqc.model_registry.reference import reference_of_uri
+from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.datasets import read_image
 from steelqc.tasks.data.ingest import ingest, new_run_dir, write_outputs
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.assess import assess
+from steelqc.tasks.features import Reference, extract
 from steelqc.tasks.model.models import gradcam_target_layer
 
 
@@ -56,17 +56,18 @@ def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "a
 
 
 def predict_images(model_uri: str, paths: list[Path], settings: Settings) -> dict:
-    """One record per image, in the order given: ``image``, ``label``, ``probabilities``, ``critical``.
+    """One record per image, in the order given: ``image``, ``label``, ``probabilities``, ``critical``, and the
+    ``novelty`` score and ``novel`` flag when the model version carries a drift reference (else null).
 
     An image that cannot be read (missing, not a file, corrupt) gets ``label``, ``probabilities`` and ``critical``
     null and an ``error``; the others are predicted as usual. ``failed`` counts those records.
     """
     configure(settings)
     model = packaging.load(model_uri)
+    reference = reference_of_uri(client(settings), model_uri)
     errors = {str(p): fault for p in paths if (fault := unreadable_image(Path(p)))}
     good = [str(p) for p in paths if str(p) not in errors]
-    predicted = model.predict(None, pd.DataFrame({"path": good})).to_dict(orient="records") if good else []
-    by_image = iter(predicted)
+    by_image = iter(_predicted(model, good, reference, settings) if good else [])
     records = [
         {"image": str(p), "label": None, "probabilities": None, "critical": None, "error": errors[str(p)]}
         if str(p) in errors
@@ -77,9 +78,36 @@ def predict_images(model_uri: str, paths: list[Path], settings: Settings) -> dic
         "model": model_uri,
         "threshold": model.threshold,
         "critical_class": model.label_space.critical_class,
+        "novelty_threshold": reference.novelty.threshold if reference is not None else None,
         "predictions": records,
         "failed": len(errors),
+        "novel": sum(bool(r.get("novel")) for r in records),
     }
+
+
+def _predicted(model: packaging.SteelDefectModel, paths: list[str], reference: Reference | None, settings: Settings):
+    """Records of readable images: one pass of the model gives the probabilities and the embedding."""
+    raw = extract(
+        model.model, model.architecture, model.spec, paths,
+        batch_size=settings.monitor_batch_size, device=model.device, progress=False,
+    )  # fmt: skip
+    chosen = model.decide(raw.proba)
+    scores = reference.novelty.score(raw.embedding) if reference is not None else [None] * len(paths)
+    novel = reference.novelty.is_novel(scores) if reference is not None else [None] * len(paths)
+    names, space = model.label_space.names, model.label_space
+    for path, row, index, score, flag, error in zip(paths, raw.proba, chosen, scores, novel, raw.errors, strict=True):
+        if error:
+            yield {"image": path, "label": None, "probabilities": None, "critical": None, "error": error}
+            continue
+        yield {
+            "image": path,
+            "label": names[index],
+            "label_id": space.id_of(int(index)),
+            "probabilities": dict(zip(names, map(float, row), strict=True)),
+            "critical": bool(index == space.critical_index),
+            "novelty": None if score is None else round(float(score), 4),
+            "novel": None if flag is None else bool(flag),
+        }
 
 
 def unreadable_image(path: Path) -> str | None:

@@ -313,12 +313,15 @@ def predictions(summary: Mapping) -> Group:
             continue
         label = record.get("label")
         p = (record.get("probabilities") or {}).get(label)
-        critical = Text("CRITICAL", style="bold red") if record.get("critical") else ""
-        table.add_row(record["image"], str(label), number(p), critical)
+        flags = Text("CRITICAL", style="bold red") if record.get("critical") else Text("")
+        if record.get("novel"):
+            flags.append((" " if flags.plain else "") + "NOVEL (unlike the training images: review it)", "bold yellow")
+        table.add_row(record["image"], str(label), number(p), flags)
     n = len(summary.get("predictions") or [])
     footer = (
         f"{n} images, {summary.get('failed', 0)} could not be predicted; model {summary.get('model')}, "
         f"critical class {summary.get('critical_class')} above {number(summary.get('threshold'))}"
+        + (f"; {summary['novel']} novel" if summary.get("novelty_threshold") is not None else "")
     )
     return Group(table, Text(footer, style="dim"))
 

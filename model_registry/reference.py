@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from steelqc.model_registry.packaging import SteelDefectModel
+from steelqc.model_registry.packaging import SteelDefectModel, registered_version
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.datasets import InputSpec
 from steelqc.tasks.data.labels import LabelSpace
@@ -125,3 +125,11 @@ def reference_for_run(run_dir: Path, checkpoint: Path, threshold: float | None, 
         device=device,
         seed=settings.seed,
     )
+
+
+def reference_of_uri(client: MlflowClient, model_uri: str) -> Reference | None:
+    """The stored reference of the registered version ``model_uri`` names (None for other URIs or without one)."""
+    version = registered_version(model_uri, client)
+    if version is None or not version.run_id:
+        return None
+    return stored_reference(client, version.run_id)
