@@ -63,11 +63,14 @@ def start_run_step(
     settings_overrides: dict,
     started_by: str | None = None,
     flow_run_id: str | None = None,
+    reason: str | None = None,
 ) -> str:
-    """Create (or reuse, on resume) the MLflow run of this pipeline run; tag who started it and the flow run."""
+    """Create (or reuse, on resume) the MLflow run of this pipeline run; tag who started it, the flow run and why
+    (``reason``: e.g. the drift monitor's)."""
     _settings, mlflow_client = _mlflow(settings_overrides)
     run_id = read_state(Path(run_dir)).get("mlflow_run_id") or _new_mlflow_run(Path(run_dir), ingest, cfg)
-    for key, value in {"steelqc.started_by": started_by, "steelqc.flow_run_id": flow_run_id}.items():
+    tags = {"steelqc.started_by": started_by, "steelqc.flow_run_id": flow_run_id, "steelqc.retrain_reason": reason}
+    for key, value in tags.items():
         if value:
             mlflow_client.set_tag(run_id, key, value)
     return run_id
@@ -331,6 +334,7 @@ def training_pipeline(
     settings_overrides: dict | None = None,
     tune_trials: int = 0,
     tune_workers: int = 1,
+    reason: str | None = None,
 ) -> TrainingResult:
     """Train, evaluate, gate and register a steel-defect classifier on ``data`` (tuning first when asked)."""
     start, overrides = time.perf_counter(), settings_overrides or {}
@@ -342,7 +346,7 @@ def training_pipeline(
     run_dir = run_folder_step(ingest, cfg.fingerprint(), resume, overrides)
     ingest = _in_run_folder(ingest, run_dir)
     splits = split_step(run_dir, overrides)
-    run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides, started_by, flow_run_id)
+    run_id = start_run_step(run_dir, ingest, cfg.to_dict(), overrides, started_by, flow_run_id, reason)
     cfg, tuning = _tuned_config(cfg, run_dir, run_id, ingest, tune_trials, tune_workers, overrides)
     train = train_step(run_dir, run_id, cfg.to_dict(), ingest["label_space"], resume, overrides)
     evaluation = evaluate_step(run_dir, run_id, str(train.best_checkpoint), overrides)
