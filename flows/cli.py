@@ -473,6 +473,53 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+def monitor(
+    incoming: Annotated[
+        str | None,
+        typer.Option("--incoming", help="Inbox: a folder or s3://bucket/prefix (default: the monitor_inbox setting)."),
+    ] = None,
+    show_history: Annotated[bool, typer.Option("--history", help="List the recorded decisions instead.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Decisions --history lists (newest first).")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the new images in the inbox for drift against the champion's reference; on drift start the nightly
+    retrain (at most once per cool-down) or ask for labels; queue images for labelling. Exit 2 on a bad inbox or
+    setting, 1 when the run failed (the images then stay pending)."""
+    from steelqc.monitoring import monitor as work  # noqa: PLC0415  (torch, MLflow, Evidently: slow)
+
+    cfg = settings()
+    if show_history:
+        emit({"history": work.history(cfg, limit), "experiment": cfg.monitoring_experiment}, as_json,
+             readable.monitor_history)  # fmt: skip
+        return
+    summary = _run_monitor(cfg, incoming, as_json)
+    emit(summary, as_json, readable.monitor_report)
+
+
+def _run_monitor(cfg: Settings, incoming: str | None, as_json: bool) -> dict:
+    """Run the drift-monitor flow; a bad inbox, queue or ledger exits 2, a busy or failed run exits 1."""
+    from steelqc.flows.monitoring import drift_monitor  # noqa: PLC0415  (torch, MLflow, Prefect: slow)
+    from steelqc.monitoring.inbox import InboxError, open_inbox  # noqa: PLC0415  (boto3: slow)
+    from steelqc.monitoring.ledger import LedgerError  # noqa: PLC0415  (boto3: slow)
+    from steelqc.monitoring.monitor import MonitorBusy  # noqa: PLC0415  (torch, MLflow: slow)
+    from steelqc.monitoring.review import ReviewQueueError  # noqa: PLC0415  (pandas, boto3: slow)
+
+    source = incoming or cfg.inbox
+    try:
+        open_inbox(source, cfg)  # a bad inbox exits 2 at once, before Prefect retries the listing
+        with prefect_api(cfg):
+            return drift_monitor(incoming=source).to_dict()
+    except (InboxError, LedgerError, ReviewQueueError) as exc:
+        _fail(str(exc), as_json, file=source)
+    except MonitorBusy as exc:
+        _fail(str(exc), as_json, code=1)
+    except Exception as exc:
+        log.exception("drift monitor failed")
+        _fail(f"drift monitor failed: {type(exc).__name__}: {exc}", as_json, code=1)
+    raise AssertionError("unreachable")
+
+
 registry = typer.Typer(help="Registry operations with an audit trail.", no_args_is_help=True)
 app.add_typer(registry, name="registry")
 

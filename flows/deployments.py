@@ -3,7 +3,8 @@
 * ``training-pipeline/nightly-retrain``: cron ``nightly_cron`` (``0 2 * * *``) in ``timezone``, on the data in
   ``nightly_data`` (default ``STEELQC_HOME/incoming``), approval policy ``manual`` (an ML lead decides; the run
   waits up to ``approval_timeout_s``), at most one run at a time.
-* ``drift-monitor/hourly`` (cron ``0 * * * *``): registered here as soon as the monitoring flow exists.
+* ``drift-monitor/hourly``: cron ``0 * * * *`` in ``timezone``, on the ``monitor_inbox`` setting (default
+  ``STEELQC_HOME/inbox``), at most one run at a time (the monitor's lock file guards it as well).
 
 Schedules carry a fixed slug, so re-deploying updates the same schedule instead of adding one, and
 ``steelqc serve`` stops with ``pause_on_shutdown=False``, so stopping the serve process leaves them active.
@@ -24,6 +25,7 @@ from steelqc.tasks.config import Settings
 log = logging.getLogger("flows.deployments")
 
 NIGHTLY = "nightly-retrain"
+HOURLY = "hourly"
 HOURLY_DRIFT_CRON = "0 * * * *"
 
 
@@ -44,24 +46,23 @@ def nightly_deployment(settings: Settings):
 
 
 def drift_deployment(settings: Settings):
-    """``drift-monitor/hourly``, once ``flows.monitoring`` provides the drift-monitor flow (else None)."""
-    try:  # the monitoring flow arrives with the drift-monitoring issue: optional until then
-        from steelqc.flows.monitoring import drift_monitor  # type: ignore[import-not-found]  # noqa: PLC0415
-    except ImportError:
-        return None
+    """``drift-monitor/hourly``: the drift monitor on the ``monitor_inbox`` setting, every hour, one run at a time."""
     from prefect.schedules import Cron  # noqa: PLC0415  (start-up time of the CLI, see above)
 
+    from steelqc.flows.monitoring import drift_monitor  # noqa: PLC0415  (torch, Prefect: see above)
+
     return drift_monitor.to_deployment(
-        name="hourly",
-        schedules=[Cron(HOURLY_DRIFT_CRON, timezone=settings.timezone, slug="hourly")],
+        name=HOURLY,
+        schedules=[Cron(HOURLY_DRIFT_CRON, timezone=settings.timezone, slug=HOURLY)],
         concurrency_limit=1,
         tags=["steelqc", "monitoring"],
+        description="Hourly drift check of new factory images; starts the nightly retrain on drift (cool-down).",
     )
 
 
 def deployments(settings: Settings) -> list:
     """Every deployment `steelqc serve` runs."""
-    return [d for d in (nightly_deployment(settings), drift_deployment(settings)) if d is not None]
+    return [nightly_deployment(settings), drift_deployment(settings)]
 
 
 def _concurrency_limit(deployment: Any) -> int | None:

@@ -354,3 +354,71 @@ def _rows(key: str, value: Any, depth: int, limit: int) -> list[tuple[str, str]]
     for sub, item in entries:
         rows += _rows(sub, item, depth + 1, limit)
     return rows
+
+
+# ------------------------------------------------------------------------------------------ drift monitor
+
+DECISION_STYLE = {"start": "bold yellow", "ask-for-labels": "bold yellow", "skip-cooldown": "yellow"}
+
+
+def monitor_report(summary: Mapping) -> Group:
+    """``monitor`` without --json: the decision and why, the figures, the class mix, the review picks, files."""
+    decision = str(summary.get("decision"))
+    head = Text(f"steelqc monitor: {decision}", style=DECISION_STYLE.get(decision, "bold"))
+    rows = [
+        ("why", summary.get("reason")),
+        ("inbox", summary.get("source")),
+        ("images", _image_counts(summary)),
+        ("drift", _drift_line(summary) if summary.get("drifted_share") is not None else None),
+        ("retrain", summary.get("retrain_flow_run_id")),
+        ("review queue", f"{summary.get('review_queued', 0)} new of {summary.get('review_picked', 0)} picked"),
+        ("model", f"v{summary['model_version']}" if summary.get("model_version") else None),
+        ("MLflow run", summary.get("monitoring_run_id")),
+        ("report", summary.get("report")),
+        ("quarantine", summary.get("quarantine_file") if summary.get("quarantined") else None),
+    ]
+    parts: list[RenderableType] = [head, details(rows)]
+    mix = summary.get("class_mix") or {}
+    if mix:
+        table = Table("predicted class", "reference", "this batch", box=box.SIMPLE_HEAD)
+        for name, shares in mix.items():
+            table.add_row(name, number(shares.get("reference")), number(shares.get("current")))
+        parts.append(table)
+    return Group(*parts)
+
+
+def _image_counts(summary: Mapping) -> str:
+    counts = [f"{summary.get('n_images', 0)} checked", f"{summary.get('quarantined', 0)} quarantined"]
+    for key, label in (("duplicates", "duplicates"), ("waiting", "waiting"), ("novel", "novel")):
+        if summary.get(key):
+            counts.append(f"{summary[key]} {label}")
+    return ", ".join(counts)
+
+
+def _drift_line(summary: Mapping) -> str:
+    return (
+        f"drifted share {number(summary.get('drifted_share'))}, embedding {number(summary.get('embedding_drift'))}, "
+        f"confidence drop {number(summary.get('confidence_drop'))}, class mix shift "
+        f"{number(summary.get('class_mix_shift'))}"
+    )
+
+
+def monitor_history(summary: Mapping) -> RenderableType:
+    """``monitor --history`` without --json: one row a decision, newest first."""
+    events = summary.get("history") or []
+    if not events:
+        return Text(f"no monitoring decision recorded in experiment {summary.get('experiment')}", style="dim")
+    table = Table("time", "decision", "images", "quar.", "drifted", "emb.", "model", "retrain run", "reason",
+                  box=box.SIMPLE_HEAD)  # fmt: skip
+    for e in events:
+        table.add_row(
+            str(e.get("time")), str(e.get("decision") or e.get("status")), number(_int(e.get("n_images"))),
+            number(_int(e.get("quarantined"))), number(e.get("drifted_share")), number(e.get("embedding_drift")),
+            str(e.get("model_version") or "—"), str(e.get("retrain_flow_run_id") or "—"),
+            compact(e.get("reason"), 80),
+        )  # fmt: skip
+    return table
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
