@@ -212,11 +212,17 @@ def test_serve_registers_the_nightly_schedule_and_it_survives_a_restart(
     env = dict(os.environ)
     proc, summary = _serve(env)
     try:
-        nightly = next(d for d in summary["deployments"] if d["name"] == "training-pipeline/nightly-retrain")
+        by_name = {d["name"]: d for d in summary["deployments"]}
+        assert sorted(by_name) == ["drift-monitor/hourly", "training-pipeline/nightly-retrain"]
+        nightly, hourly = by_name["training-pipeline/nightly-retrain"], by_name["drift-monitor/hourly"]
         assert [(s["cron"], s["timezone"], s["active"]) for s in nightly["schedules"]] == [
             ("0 2 * * *", "Europe/Berlin", True)
         ]
         assert nightly["parameters"]["approval"] == "manual" and nightly["concurrency_limit"] == 1
+        assert [(s["cron"], s["timezone"], s["active"]) for s in hourly["schedules"]] == [
+            ("0 * * * *", "Europe/Berlin", True)
+        ]
+        assert hourly["concurrency_limit"] == 1
         time.sleep(3)
         assert proc.poll() is None, "serve exited"
     finally:
@@ -225,6 +231,8 @@ def test_serve_registers_the_nightly_schedule_and_it_survives_a_restart(
     before = _deployment("training-pipeline/nightly-retrain")
     assert [s["active"] for s in before["schedules"]] == [True], "stopping serve paused the schedule"
     assert before["paused"] is False, "stopping serve paused the deployment"
+    hourly_before = _deployment("drift-monitor/hourly")
+    assert [s["active"] for s in hourly_before["schedules"]] == [True] and hourly_before["paused"] is False
 
     proc, _ = _serve(env)  # a restart re-deploys: same deployment, same single schedule, still active
     try:
@@ -234,6 +242,7 @@ def test_serve_registers_the_nightly_schedule_and_it_survives_a_restart(
         proc.send_signal(signal.SIGTERM)  # systemd / Kubernetes stop
         proc.wait(timeout=180)
     assert after["id"] == before["id"] and after["schedules"] == before["schedules"]
+    assert _deployment("drift-monitor/hourly")["schedules"] == hourly_before["schedules"]
     final = _deployment("training-pipeline/nightly-retrain")
     assert final["paused"] is False and final["schedules"][0]["active"] is True
 
