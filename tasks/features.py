@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.covariance import LedoitWolf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -238,26 +239,72 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Novelty:
-    """How unfamiliar an image is to the model: the cosine distance of its embedding to the ``k``-th nearest
-    training embedding (deep k-nearest-neighbours; no assumption on the shape of the classes). ``threshold`` is
-    the ``quantile`` of the validation images' scores (None until calibrated)."""
+    """How unfamiliar an image is to the model, from its penultimate embedding (L2-normalised first).
+
+    With class labels (what :func:`build_reference` passes): the Mahalanobis distance to the nearest class mean
+    under one shared (tied) covariance of the within-class spread, shrunk towards a scaled identity with the
+    Ledoit-Wolf factor (no tuned constant; the embedding has more dimensions than a training set has images).
+    The directions in which familiar images vary anyway (lighting, texture scale, ...) weigh little; a new defect
+    type that moves the embedding off them scores high, whatever the density of the training images.
+    Without labels: the cosine distance to the ``k``-th nearest training embedding (deep k-nearest-neighbours).
+    ``threshold`` is the ``quantile`` of the validation images' scores (None until calibrated).
+    """
 
     bank: np.ndarray
     k: int = 5
     threshold: float | None = None
     quantile: float | None = None
+    means: np.ndarray | None = None
+    """Whitened class means (C x D); None for the k-NN score."""
+    whitener: np.ndarray | None = None
+    """D x D matrix W with W W^T = the inverse of the shrunk tied covariance; None for the k-NN score."""
+
+    @property
+    def method(self) -> str:
+        return "knn-cosine" if self.means is None else "mahalanobis-tied"
 
     @classmethod
-    def fit(cls, embedding: np.ndarray, k: int = 5, seed: int = 0) -> Novelty:
+    def fit(
+        cls, embedding: np.ndarray, k: int = 5, seed: int = 0, labels: Sequence[Any] | np.ndarray | None = None
+    ) -> Novelty:
+        """Class means and shrunk tied covariance when ``labels`` (one per embedding) are given, else a k-NN bank."""
         x = _l2_normalise(embedding)
+        if labels is not None:
+            y = np.asarray(labels)
+            if len(y) != len(x):
+                raise ValueError(f"novelty: {len(y)} labels for {len(x)} embeddings")
+            classes = [c for c in dict.fromkeys(y.tolist()) if (y == c).sum() >= 2]
+            if classes:
+                return cls._fit_mahalanobis(x, y, classes, k)
         if len(x) > KNN_BANK_MAX:
             x = x[np.sort(np.random.default_rng(seed).choice(len(x), KNN_BANK_MAX, replace=False))]
         return cls(bank=x.astype(np.float16), k=max(1, min(k, len(x))))
 
+    @classmethod
+    def _fit_mahalanobis(cls, x: np.ndarray, y: np.ndarray, classes: list[Any], k: int) -> Novelty:
+        keep = np.isin(y, classes)
+        x64, y = x[keep].astype(np.float64), y[keep]
+        means = np.stack([x64[y == c].mean(axis=0) for c in classes])
+        centred = x64 - means[np.array([classes.index(c) for c in y.tolist()])]
+        cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
+        eigval, eigvec = np.linalg.eigh(cov)
+        whitener = eigvec / np.sqrt(np.maximum(eigval, 1e-12))
+        empty = np.zeros((0, x.shape[1]), dtype=np.float16)
+        return cls(bank=empty, k=k, means=(means @ whitener).astype(np.float32), whitener=whitener.astype(np.float32))
+
     def score(self, embedding: np.ndarray, batch: int = 1024) -> np.ndarray:
-        """Novelty scores (N,): 0 = on top of a training image, 2 = opposite."""
-        x, bank = _l2_normalise(embedding), self.bank.astype(np.float32)
+        """Novelty scores (N,), higher = stranger: the Mahalanobis distance to the nearest class mean, or the
+        k-NN cosine distance (0 = on top of a training image, 2 = opposite)."""
+        x = _l2_normalise(embedding)
         out = np.empty(len(x), dtype=np.float32)
+        if self.means is not None and self.whitener is not None:
+            whitener, means = self.whitener.astype(np.float64), self.means.astype(np.float64)
+            for start in range(0, len(x), batch):
+                z = x[start : start + batch].astype(np.float64) @ whitener
+                d2 = np.stack([((z - m) ** 2).sum(axis=1) for m in means], axis=1)
+                out[start : start + batch] = np.sqrt(d2.min(axis=1))
+            return out
+        bank = self.bank.astype(np.float32)
         for start in range(0, len(x), batch):
             sims = x[start : start + batch] @ bank.T
             kth = np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
@@ -338,6 +385,8 @@ class Reference:
             "projection_scale": self.projection.scale,
             "novelty_bank": self.novelty.bank,
         }
+        if self.novelty.means is not None and self.novelty.whitener is not None:
+            arrays |= {"novelty_means": self.novelty.means, "novelty_whitener": self.novelty.whitener}
         np.savez_compressed(folder / "arrays.npz", **arrays)
         self.frame.to_csv(folder / "features.csv", index=False)
         meta = {
@@ -346,7 +395,7 @@ class Reference:
             "photometric": list(PHOTOMETRIC),
             "components": self.projection.k,
             "novelty": {
-                "method": "knn-cosine",
+                "method": self.novelty.method,
                 "k": self.novelty.k,
                 "threshold": self.novelty.threshold,
                 "quantile": self.novelty.quantile,
@@ -369,7 +418,15 @@ class Reference:
                 arrays["projection_mean"], arrays["projection_components"], arrays["projection_scale"]
             )
             nov = meta["novelty"]
-            novelty = Novelty(arrays["novelty_bank"], int(nov["k"]), nov.get("threshold"), nov.get("quantile"))
+            mahalanobis = "novelty_means" in arrays.files and "novelty_whitener" in arrays.files
+            novelty = Novelty(
+                arrays["novelty_bank"],
+                int(nov["k"]),
+                nov.get("threshold"),
+                nov.get("quantile"),
+                arrays["novelty_means"] if mahalanobis else None,
+                arrays["novelty_whitener"] if mahalanobis else None,
+            )
         frame = pd.read_csv(folder / "features.csv")
         return cls(frame, projection, novelty, meta)
 
@@ -399,7 +456,8 @@ def build_reference(
     raw_val = extract(model, architecture, spec, val["path"].tolist(), desc="reference (val)", **kwargs)
     good_train = raw_train.subset(raw_train.ok)
     projection = Projection.fit(good_train.embedding)
-    novelty = Novelty.fit(good_train.embedding, seed=seed)
+    labels = train["label"].to_numpy()[raw_train.ok] if "label" in train else None
+    novelty = Novelty.fit(good_train.embedding, seed=seed, labels=labels)
     good_val = raw_val.subset(raw_val.ok)
     if len(good_val.paths):
         novelty.calibrate(good_val.embedding, quantile)
