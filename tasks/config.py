@@ -81,7 +81,7 @@ class DriftRule(BaseModel):
 
     stattest: str = "wasserstein"
     stattest_threshold: float = 0.3
-    drifted_share: float = 0.125
+    drifted_share: float = 0.15
     embedding_method: str = "distance"
     embedding_threshold: float = 0.6
 

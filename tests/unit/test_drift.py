@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steelqc.monitoring.drift import DRIFT_FEATURES, check_drift, class_mix
+from steelqc.monitoring.drift import DRIFT_FEATURES, REPORTED_FEATURES, check_drift, class_mix
 from steelqc.tasks.config import DriftRule
 from steelqc.tasks.features import PHOTOMETRIC, embedding_columns
 
@@ -35,7 +35,7 @@ def test_a_fresh_sample_of_the_same_distribution_is_not_drift(seed: int) -> None
     result = check_drift(REFERENCE, frame(200, seed), DriftRule())
     assert not result.drift_detected, result.reasons
     assert result.drifted_share == 0 and result.reason == "no drift"
-    assert set(result.feature_scores) == set(DRIFT_FEATURES)
+    assert set(result.feature_scores) == {*DRIFT_FEATURES, *REPORTED_FEATURES}
 
 
 def test_a_brightness_shift_is_drift_and_the_reason_names_the_feature(tmp_path: Path) -> None:
@@ -60,11 +60,12 @@ def test_thresholds_come_from_the_rule() -> None:
     assert check_drift(REFERENCE, shifted, strict).drifted_features == ["brightness_mean"]  # p-value below 0.05
 
 
-def test_confidence_drop_and_class_mix_are_reported() -> None:
+def test_confidence_drop_and_class_mix_are_reported_not_voted() -> None:
     current = frame(200, 7, predicted=("crack",))
     current["confidence"] -= 0.2
     result = check_drift(REFERENCE, current, DriftRule())
     assert result.confidence_drop == pytest.approx(0.2, abs=0.03)
+    assert result.feature_scores["confidence"] > 0.3 and not result.drift_detected, "scored, not voted"
     assert result.class_mix["crack"]["current"] == 1.0 and result.class_mix_shift == pytest.approx(0.5, abs=0.05)
     mix, shift = class_mix(REFERENCE, REFERENCE)
     assert shift == 0 and set(mix) == {"ok", "crack"}
@@ -73,3 +74,12 @@ def test_confidence_drop_and_class_mix_are_reported() -> None:
 def test_an_empty_side_is_an_error_not_a_verdict() -> None:
     with pytest.raises(ValueError, match="both sides"):
         check_drift(REFERENCE, REFERENCE.iloc[:0], DriftRule())
+
+
+def test_the_confidence_drop_is_measured_against_images_the_model_did_not_train_on() -> None:
+    reference = pd.concat([REFERENCE.assign(split="train"), frame(100, 8).assign(split="val")], ignore_index=True)
+    reference.loc[reference["split"] == "train", "confidence"] = 1.0  # a model fits its training images
+    current = frame(200, 9)
+    result = check_drift(reference, current, DriftRule())
+    val_mean = reference.loc[reference["split"] == "val", "confidence"].mean()
+    assert result.confidence_drop == pytest.approx(val_mean - current["confidence"].mean(), abs=1e-4)
