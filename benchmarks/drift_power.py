@@ -125,9 +125,7 @@ def prepare_model(manifest: pd.DataFrame, label_space: LabelSpace, args: argpars
         train_s = time.perf_counter() - t0
         stamp_file.write_text(json.dumps({"stamp": stamp, "train_s": train_s}))
     t0 = time.perf_counter()
-    reference = build_reference(
-        net, architecture, spec, label_space, None, parts["train"], parts["val"], device=device, seed=args.seed
-    )
+    reference = build_reference(net, architecture, spec, label_space, None, parts["train"], parts["val"], device=device)
     reference_s = time.perf_counter() - t0
     return Model(net, architecture, spec, label_space, device, reference, train_s, reference_s, reused)
 

@@ -113,7 +113,6 @@ def leave_out(
         parts["val"],
         quantile=quantile,
         device=device,
-        seed=args.seed,
     )
     frames = {}
     for name, frame in (("test", parts["test"]), ("unseen", unseen)):

@@ -92,7 +92,7 @@ def _predicted(model: packaging.SteelDefectModel, paths: list[str], reference: R
         batch_size=settings.monitor_batch_size, device=model.device, progress=False,
     )  # fmt: skip
     chosen = model.decide(raw.proba)
-    scores = reference.novelty.score(raw.embedding) if reference is not None else [None] * len(paths)
+    scores = reference.novelty.score(raw.layers) if reference is not None else [None] * len(paths)
     novel = reference.novelty.is_novel(scores) if reference is not None else [None] * len(paths)
     names, space = model.label_space.names, model.label_space
     for path, row, index, score, flag, error in zip(paths, raw.proba, chosen, scores, novel, raw.errors, strict=True):

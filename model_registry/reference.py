@@ -102,7 +102,6 @@ def champion_reference(
         quantile=settings.novelty_quantile,
         batch_size=settings.monitor_batch_size,
         device=model.device,
-        seed=settings.seed,
     )
     log_reference(client, version.run_id, reference)
     return reference, COMPUTED
@@ -123,7 +122,6 @@ def reference_for_run(run_dir: Path, checkpoint: Path, threshold: float | None, 
         quantile=settings.novelty_quantile,
         batch_size=settings.monitor_batch_size,
         device=device,
-        seed=settings.seed,
     )
 
 

@@ -8,8 +8,9 @@ Per image:
 * the model's view: the penultimate-layer embedding (the input of the final linear layer), projected to at most
   16 whitened components by a :class:`Projection` fitted on the training images; the predicted class under the
   critical threshold, its confidence (max probability) and margin (top-1 minus top-2), the critical probability;
-* a novelty score (:class:`Novelty`): how far the embedding lies from the training images, with a threshold
-  calibrated on the validation split so that about 1 % of familiar images exceed it.
+* a novelty score (:class:`Novelty`): how far the image's texture statistics at several depths of the network lie
+  from the training classes, with a threshold calibrated on the validation split so that about 1 % of familiar
+  images exceed it.
 
 Inference is batched (a DataLoader; no image is held longer than its batch) with a progress bar on stderr. An
 image that cannot be read gets an ``error`` instead of features; the others go on. The reference is stored as
@@ -43,7 +44,7 @@ from steelqc.tasks.data.imageio import decode_image, read_regular_file
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
 from steelqc.tasks.model.inference import autocast_context, to_device
-from steelqc.tasks.model.models import head_layer
+from steelqc.tasks.model.models import head_layer, novelty_layers
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ DARK_LEVEL = 5
 MAX_COMPONENTS = 16
 REFERENCE_FORMAT = "steelqc-reference/1"
 REFERENCE_FILES = ("reference.json", "features.csv", "arrays.npz")
-KNN_BANK_MAX = 4096
-"""Most training embeddings the k-NN novelty score keeps (a seeded sample beyond that)."""
 
 
 def embedding_columns(k: int) -> list[str]:
@@ -127,7 +126,8 @@ class FeatureDataset(Dataset):
 
 @dataclass
 class RawFeatures:
-    """Features of a list of images, in order: photometric (N x 6), embedding (N x D), probabilities (N x C);
+    """Features of a list of images, in order: photometric (N x 6), embedding (N x D), probabilities (N x C),
+    the channel means and standard deviations of the :func:`novelty_layers` (one N x 2C_l array a layer);
     ``errors[i]`` is empty for a usable image."""
 
     paths: list[str]
@@ -135,6 +135,7 @@ class RawFeatures:
     embedding: np.ndarray
     proba: np.ndarray
     errors: list[str]
+    layers: list[np.ndarray] = field(default_factory=list)
 
     @property
     def ok(self) -> np.ndarray:
@@ -148,6 +149,7 @@ class RawFeatures:
             self.embedding[keep],
             self.proba[keep],
             [self.errors[i] for i in keep],
+            [layer[keep] for layer in self.layers],
         )
 
 
@@ -172,9 +174,15 @@ def extract(
     cuda = str(device).startswith("cuda")
     model.to(device, memory_format=torch.channels_last).eval()
     captured: list[torch.Tensor] = []
-    hook = head_layer(model, architecture).register_forward_pre_hook(
-        lambda _module, args: captured.append(args[0].detach().float().cpu())
-    )
+    blocks = novelty_layers(model, architecture)
+    pooled: list[list[torch.Tensor]] = [[] for _ in blocks]
+    hooks = [
+        head_layer(model, architecture).register_forward_pre_hook(
+            lambda _module, args: captured.append(args[0].detach().float().cpu())
+        )
+    ]
+    for block, store in zip(blocks, pooled, strict=True):
+        hooks.append(block.register_forward_hook(lambda _m, _args, out, store=store: store.append(_pool(out))))
     dataset = FeatureDataset(paths, spec, corruption)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda)
     photometric, proba, errors = [], [], []
@@ -188,7 +196,8 @@ def extract(
                 errors += list(errs)
                 bar.update(len(errs))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     n_classes = proba[0].shape[1] if proba else 0
     return RawFeatures(
         [str(p) for p in paths],
@@ -196,7 +205,15 @@ def extract(
         torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32),
         np.concatenate(proba) if proba else np.zeros((0, n_classes), np.float32),
         errors,
+        [torch.cat(store).numpy() for store in pooled] if captured else [],
     )
+
+
+def _pool(out: torch.Tensor) -> torch.Tensor:
+    """Channel means and standard deviations of a feature map (N x 2C, float32 on the CPU): the texture
+    statistics of the layer."""
+    out = out.detach().float()
+    return torch.cat([out.mean(dim=(2, 3)), out.std(dim=(2, 3))], dim=1).cpu()
 
 
 # ------------------------------------------------------------------------------------------- projection
@@ -233,96 +250,110 @@ class Projection:
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
-class Novelty:
-    """How unfamiliar an image is to the model, from its penultimate embedding (L2-normalised first).
+class LayerGaussian:
+    """Class means and one shared (tied) within-class covariance of a layer's L2-normalised pooled features,
+    shrunk towards a scaled identity by the Ledoit-Wolf factor (estimated from the data: no constant to tune, and
+    a layer may have more dimensions than a training set has images). Stored whitened: ``whitener`` W (float16)
+    with W Wᵀ = the inverse covariance, ``means`` already multiplied by W."""
 
-    With class labels (what :func:`build_reference` passes): the Mahalanobis distance to the nearest class mean
-    under one shared (tied) covariance of the within-class spread, shrunk towards a scaled identity with the
-    Ledoit-Wolf factor (no tuned constant; the embedding has more dimensions than a training set has images).
-    The directions in which familiar images vary anyway (lighting, texture scale, ...) weigh little; a new defect
-    type that moves the embedding off them scores high, whatever the density of the training images.
-    Without labels: the cosine distance to the ``k``-th nearest training embedding (deep k-nearest-neighbours).
-    ``threshold`` is the ``quantile`` of the validation images' scores (None until calibrated).
-    """
-
-    bank: np.ndarray
-    k: int = 5
-    threshold: float | None = None
-    quantile: float | None = None
-    means: np.ndarray | None = None
-    """Whitened class means (C x D); None for the k-NN score."""
-    whitener: np.ndarray | None = None
-    """D x D matrix W with W W^T = the inverse of the shrunk tied covariance; None for the k-NN score."""
-
-    @property
-    def method(self) -> str:
-        return "knn-cosine" if self.means is None else "mahalanobis-tied"
+    means: np.ndarray
+    whitener: np.ndarray
 
     @classmethod
-    def fit(
-        cls, embedding: np.ndarray, k: int = 5, seed: int = 0, labels: Sequence[Any] | np.ndarray | None = None
-    ) -> Novelty:
-        """Class means and shrunk tied covariance when ``labels`` (one per embedding) are given, else a k-NN bank."""
-        x = _l2_normalise(embedding)
-        if labels is not None:
-            y = np.asarray(labels)
-            if len(y) != len(x):
-                raise ValueError(f"novelty: {len(y)} labels for {len(x)} embeddings")
-            classes = [c for c in dict.fromkeys(y.tolist()) if (y == c).sum() >= 2]
-            if classes:
-                return cls._fit_mahalanobis(x, y, classes, k)
-        if len(x) > KNN_BANK_MAX:
-            x = x[np.sort(np.random.default_rng(seed).choice(len(x), KNN_BANK_MAX, replace=False))]
-        return cls(bank=x.astype(np.float16), k=max(1, min(k, len(x))))
-
-    @classmethod
-    def _fit_mahalanobis(cls, x: np.ndarray, y: np.ndarray, classes: list[Any], k: int) -> Novelty:
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> LayerGaussian:
+        x = _l2_normalise(x)
+        classes = [c for c in dict.fromkeys(y.tolist()) if (y == c).sum() >= 2]
+        if not classes:
+            raise ValueError("the novelty score needs at least two training images of one class")
         keep = np.isin(y, classes)
-        x64, y = x[keep].astype(np.float64), y[keep]
-        means = np.stack([x64[y == c].mean(axis=0) for c in classes])
-        centred = x64 - means[np.array([classes.index(c) for c in y.tolist()])]
-        cov = LedoitWolf(assume_centered=True).fit(centred).covariance_
-        eigval, eigvec = np.linalg.eigh(cov)
-        whitener = eigvec / np.sqrt(np.maximum(eigval, 1e-12))
-        empty = np.zeros((0, x.shape[1]), dtype=np.float16)
-        return cls(bank=empty, k=k, means=(means @ whitener).astype(np.float32), whitener=whitener.astype(np.float32))
+        x, y = x[keep], y[keep]
+        means = np.stack([x[y == c].mean(axis=0) for c in classes])
+        centred = x - means[np.array([classes.index(c) for c in y.tolist()])]
+        eigval, eigvec = np.linalg.eigh(LedoitWolf(assume_centered=True).fit(centred).covariance_)
+        # float16 halves the stored reference (MobileNetV2's last conv: 2560 x 2560); calibration and scoring both
+        # use the rounded matrix, so the threshold fits what is stored
+        whitener = (eigvec / np.sqrt(np.maximum(eigval, 1e-12))).astype(np.float16)
+        return cls((means @ whitener.astype(np.float64)).astype(np.float32), whitener)
 
-    def score(self, embedding: np.ndarray, batch: int = 1024) -> np.ndarray:
-        """Novelty scores (N,), higher = stranger: the Mahalanobis distance to the nearest class mean, or the
-        k-NN cosine distance (0 = on top of a training image, 2 = opposite)."""
-        x = _l2_normalise(embedding)
-        out = np.empty(len(x), dtype=np.float32)
-        if self.means is not None and self.whitener is not None:
-            whitener, means = self.whitener.astype(np.float64), self.means.astype(np.float64)
-            for start in range(0, len(x), batch):
-                z = x[start : start + batch].astype(np.float64) @ whitener
-                d2 = np.stack([((z - m) ** 2).sum(axis=1) for m in means], axis=1)
-                out[start : start + batch] = np.sqrt(d2.min(axis=1))
-            return out
-        bank = self.bank.astype(np.float32)
+    def distance(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
+        """Mahalanobis distance of each row to the nearest class mean."""
+        x, whitener, means = _l2_normalise(x), self.whitener.astype(np.float64), self.means.astype(np.float64)
+        out = np.empty(len(x), dtype=np.float64)
         for start in range(0, len(x), batch):
-            sims = x[start : start + batch] @ bank.T
-            kth = np.partition(-sims, self.k - 1, axis=1)[:, self.k - 1]
-            out[start : start + batch] = 1.0 + kth  # 1 - (k-th largest similarity)
+            z = x[start : start + batch] @ whitener
+            out[start : start + batch] = np.sqrt(np.stack([((z - m) ** 2).sum(axis=1) for m in means], 1).min(1))
         return out
 
-    def calibrate(self, embedding: np.ndarray, quantile: float) -> float:
-        """Set the threshold to the ``quantile`` of these (familiar, held-out) images' scores."""
-        scores = self.score(embedding)
-        if len(scores) == 0:
-            raise ValueError("cannot calibrate the novelty threshold on no images")
-        self.threshold, self.quantile = float(np.quantile(scores, quantile)), float(quantile)
+
+@dataclass
+class Novelty:
+    """How unfamiliar an image is to the model: per :func:`novelty_layers` layer, the Mahalanobis distance of its
+    texture statistics (channel means and standard deviations) to the nearest training class (:class:`LayerGaussian`);
+    each layer's distance is standardised by its mean and spread on the validation images, and the score is their
+    sum. An unseen defect type that the last layer (trained on the known classes) maps onto a known class often
+    stands out in an earlier layer, and the reverse. ``threshold`` is the ``quantile`` of the validation images'
+    scores, so that about 1 - quantile of familiar images exceed it (None until calibrated)."""
+
+    layers: list[LayerGaussian]
+    centre: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    threshold: float | None = None
+    quantile: float | None = None
+
+    @classmethod
+    def fit(cls, layers: list[np.ndarray], labels: Sequence[Any] | np.ndarray) -> Novelty:
+        """One :class:`LayerGaussian` a layer, from the training images' pooled features and class labels."""
+        y = np.asarray(labels)
+        if any(len(x) != len(y) for x in layers):
+            raise ValueError(f"novelty: {len(y)} labels for {[len(x) for x in layers]} images")
+        return cls([LayerGaussian.fit(x, y) for x in layers])
+
+    def distances(self, layers: list[np.ndarray]) -> np.ndarray:
+        """N x L Mahalanobis distances, one column a layer."""
+        return np.stack([g.distance(x) for g, x in zip(self.layers, layers, strict=True)], axis=1)
+
+    def score(self, layers: list[np.ndarray]) -> np.ndarray:
+        """Novelty scores (N,), higher = stranger (the raw distances summed until calibrated)."""
+        d = self.distances(layers)
+        if self.centre is not None and self.scale is not None:
+            d = (d - self.centre) / self.scale
+        return d.sum(axis=1).astype(np.float32)
+
+    def calibrate(self, layers: list[np.ndarray], quantile: float) -> float:
+        """Standardise each layer on these familiar held-out images and set the threshold to the ``quantile`` of
+        their scores."""
+        d = self.distances(layers)
+        if len(d) < 2:
+            raise ValueError(f"cannot calibrate the novelty threshold on {len(d)} images")
+        self.centre, self.scale = d.mean(axis=0), np.maximum(d.std(axis=0), 1e-9)
+        self.threshold, self.quantile = float(np.quantile(self.score(layers), quantile)), float(quantile)
         return self.threshold
 
     def is_novel(self, scores: np.ndarray) -> np.ndarray:
         if self.threshold is None:
             return np.zeros(len(scores), dtype=bool)
         return np.asarray(scores) > self.threshold
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays to store (``arrays.npz``)."""
+        out = {f"novelty_means_{i}": g.means for i, g in enumerate(self.layers)}
+        out |= {f"novelty_whitener_{i}": g.whitener for i, g in enumerate(self.layers)}
+        if self.centre is not None and self.scale is not None:
+            out |= {"novelty_centre": self.centre, "novelty_scale": self.scale}
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Any, n_layers: int, threshold: float | None, quantile: float | None) -> Novelty:
+        layers = [LayerGaussian(arrays[f"novelty_means_{i}"], arrays[f"novelty_whitener_{i}"]) for i in range(n_layers)]
+        calibrated = "novelty_centre" in arrays.files
+        centre = arrays["novelty_centre"] if calibrated else None
+        scale = arrays["novelty_scale"] if calibrated else None
+        return cls(layers, centre, scale, threshold, quantile)
 
 
 # ------------------------------------------------------------------------------------------- frames
@@ -344,7 +375,7 @@ def features_frame(
         emb = pd.DataFrame(projection.transform(good.embedding), columns=embedding_columns(projection.k))
         top2 = -np.sort(-good.proba, axis=1)[:, :2]
         chosen = decide(good.proba, label_space.critical_index, threshold)
-        scores = novelty.score(good.embedding) if novelty is not None else np.full(len(good.paths), np.nan)
+        scores = novelty.score(good.layers) if novelty is not None else np.full(len(good.paths), np.nan)
         frame = pd.concat([frame, emb], axis=1)
         frame["predicted"] = [label_space.names[i] for i in chosen]
         frame["confidence"] = top2[:, 0]
@@ -383,10 +414,8 @@ class Reference:
             "projection_mean": self.projection.mean,
             "projection_components": self.projection.components,
             "projection_scale": self.projection.scale,
-            "novelty_bank": self.novelty.bank,
+            **self.novelty.arrays(),
         }
-        if self.novelty.means is not None and self.novelty.whitener is not None:
-            arrays |= {"novelty_means": self.novelty.means, "novelty_whitener": self.novelty.whitener}
         np.savez_compressed(folder / "arrays.npz", **arrays)
         self.frame.to_csv(folder / "features.csv", index=False)
         meta = {
@@ -395,8 +424,8 @@ class Reference:
             "photometric": list(PHOTOMETRIC),
             "components": self.projection.k,
             "novelty": {
-                "method": self.novelty.method,
-                "k": self.novelty.k,
+                "method": "mahalanobis-tied-multilayer",
+                "layers": len(self.novelty.layers),
                 "threshold": self.novelty.threshold,
                 "quantile": self.novelty.quantile,
             },
@@ -418,15 +447,7 @@ class Reference:
                 arrays["projection_mean"], arrays["projection_components"], arrays["projection_scale"]
             )
             nov = meta["novelty"]
-            mahalanobis = "novelty_means" in arrays.files and "novelty_whitener" in arrays.files
-            novelty = Novelty(
-                arrays["novelty_bank"],
-                int(nov["k"]),
-                nov.get("threshold"),
-                nov.get("quantile"),
-                arrays["novelty_means"] if mahalanobis else None,
-                arrays["novelty_whitener"] if mahalanobis else None,
-            )
+            novelty = Novelty.from_arrays(arrays, int(nov["layers"]), nov.get("threshold"), nov.get("quantile"))
         frame = pd.read_csv(folder / "features.csv")
         return cls(frame, projection, novelty, meta)
 
@@ -444,7 +465,6 @@ def build_reference(
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
-    seed: int = 0,
 ) -> Reference:
     """The drift and novelty reference of a trained model: features of its training and validation images, the
     projection and the novelty score fitted on the training images, the novelty threshold on the validation ones.
@@ -456,11 +476,10 @@ def build_reference(
     raw_val = extract(model, architecture, spec, val["path"].tolist(), desc="reference (val)", **kwargs)
     good_train = raw_train.subset(raw_train.ok)
     projection = Projection.fit(good_train.embedding)
-    labels = train["label"].to_numpy()[raw_train.ok] if "label" in train else None
-    novelty = Novelty.fit(good_train.embedding, seed=seed, labels=labels)
+    novelty = Novelty.fit(good_train.layers, train["label"].to_numpy()[raw_train.ok])
     good_val = raw_val.subset(raw_val.ok)
     if len(good_val.paths):
-        novelty.calibrate(good_val.embedding, quantile)
+        novelty.calibrate(good_val.layers, quantile)
     frames = []
     for split, raw, source in (("train", raw_train, train), ("val", raw_val, val)):
         part = features_frame(raw, projection, novelty, label_space, threshold)

@@ -315,6 +315,19 @@ def head_layer(model: nn.Module, name: str) -> nn.Linear:
     raise ValueError(f"unknown model {name!r}")
 
 
+def novelty_layers(model: nn.Module, name: str) -> list[nn.Module]:
+    """Blocks from early texture to late class features whose pooled outputs the novelty score reads: an unseen
+    defect type may look familiar to the last layer, which training shaped to the known classes, and still stand
+    out in the earlier ones (MobileNetV2: the ends of the 32-, 64-, 96-, 160-channel stages and the last conv)."""
+    if name == "simple_cnn":
+        return list(model.features)
+    if name == "resnet50":
+        return [model.layer1, model.layer2, model.layer3, model.layer4]
+    if name == "mobilenet_v2":
+        return [model.features[i] for i in (6, 10, 13, 16, 18)]
+    raise ValueError(f"unknown model {name!r}")
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -80,6 +80,7 @@ def test_one_pass_gives_embedding_and_the_model_probabilities(model, images) -> 
     raw = extract(model, "simple_cnn", SPEC, train["path"].tolist()[:5], batch_size=2, progress=False)
     assert raw.embedding.shape == (5, 128) and raw.photometric.shape == (5, len(PHOTOMETRIC))
     assert raw.ok.all()
+    assert [layer.shape for layer in raw.layers] == [(5, 64), (5, 128), (5, 256)], "channel means and stds per block"
     # the embedding is what the head sees: the head applied to it gives the probabilities
     head = model.classifier
     proba = torch.softmax(head(torch.from_numpy(raw.embedding)), dim=1).detach().numpy()
@@ -109,17 +110,27 @@ def test_projection_whitens_the_training_embeddings() -> None:
     assert Projection.fit(x[:5], k=16).k == 4  # never more components than the data supports
 
 
-def test_novelty_threshold_is_the_quantile_of_familiar_scores_and_flags_strangers() -> None:
+def test_novelty_threshold_is_the_quantile_of_familiar_scores_and_flags_strangers_in_any_layer() -> None:
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 32)) * 4
-    familiar = lambda n: centres[rng.integers(0, 3, n)] + rng.normal(size=(n, 32))  # noqa: E731
-    nov = Novelty.fit(familiar(600))
-    val = familiar(400)
+    centres = [rng.normal(size=(3, 24)) * 3 + 5, rng.normal(size=(3, 40)) * 3 + 5]  # two layers, three classes
+
+    def familiar(n: int) -> tuple[list[np.ndarray], np.ndarray]:
+        y = rng.integers(0, 3, n)
+        return [c[y] + rng.normal(size=(n, c.shape[1])) for c in centres], y
+
+    train, labels = familiar(600)
+    nov = Novelty.fit(train, labels)
+    val, _ = familiar(400)
     threshold = nov.calibrate(val, 0.99)
     assert np.mean(nov.score(val) > threshold) == pytest.approx(0.01, abs=0.006)
-    stranger = rng.normal(size=(100, 32)) * 4 + rng.normal(size=32) * 6
+    test, _ = familiar(400)
+    assert nov.is_novel(nov.score(test)).mean() < 0.03
+    # a stranger that the first layer sees as a familiar class, the second as nothing it knows
+    stranger, _ = familiar(100)
+    stranger[1] = rng.normal(size=(100, 40)) * 3 + 5 + rng.normal(size=40) * 4
     assert nov.is_novel(nov.score(stranger)).mean() > 0.9
-    assert nov.is_novel(nov.score(familiar(400))).mean() < 0.05
+    with pytest.raises(ValueError, match="labels"):
+        Novelty.fit(train, labels[:10])
 
 
 def test_reference_round_trip_without_pickle(model, images, tmp_path: Path) -> None:
