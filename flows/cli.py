@@ -791,6 +791,7 @@ def demo(
         "prefect_ui": f"http://{cfg.server_host}:{cfg.prefect_port} (runs made while the server is up)",
         "evaluate_champion": f"steelqc evaluate --model models:/steel-defect-classifier@champion --data {data} --json",
         "history": "steelqc registry history",
+        "monitor": f"put new images in {cfg.inbox}, then: steelqc monitor   (drift check against the champion)",
     }
     emit(summary, as_json, lambda s: readable.demo_report(s, _ui_links(cfg, s, prefect_ui)))
 

@@ -321,9 +321,11 @@ def predictions(summary: Mapping) -> Group:
     footer = (
         f"{n} images, {summary.get('failed', 0)} could not be predicted; model {summary.get('model')}, "
         f"critical class {summary.get('critical_class')} above {number(summary.get('threshold'))}"
-        + (f"; {summary['novel']} novel" if summary.get("novelty_threshold") is not None else "")
     )
-    return Group(table, Text(footer, style="dim"))
+    lines = [table, Text(footer, style="dim")]
+    if summary.get("novel"):
+        lines.append(Text(f"{summary['novel']} NOVEL: unlike the training images, review them", style="bold yellow"))
+    return Group(*lines)
 
 
 def listing(summary: Mapping, limit: int = LIMIT) -> Table:

@@ -233,6 +233,11 @@ def test_predictions_one_line_per_image() -> None:
     assert lines[2].split()[:2] == ["c.jpg", "error"] and "no such file" in lines[2]
     assert "3 images, 1 could not be predicted" in lines[3]
 
+    summary["predictions"][1] |= {"novelty": 9.0, "novel": True}
+    lines = render(readable.predictions({**summary, "novel": 1, "novelty_threshold": 5.0})).splitlines()
+    assert lines[1].split()[:4] == ["b.jpg", "ok", "0.800", "NOVEL"] and len(lines) == 5
+    assert lines[4].startswith("1 NOVEL: unlike the training images")
+
 
 def test_listing_keeps_every_line_short() -> None:
     summary = {
