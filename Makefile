@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/synth_speed.py
 	$(BIN)/python benchmarks/ingest_speed.py
 	$(BIN)/python benchmarks/servers.py
+	$(BIN)/python benchmarks/feature_speed.py
+	$(BIN)/python benchmarks/monitor_speed.py
 
 clean:
 	rm -rf $(VENV) .steelqc .pytest_cache .ruff_cache .hypothesis
