@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from neu import NEU, neu_manifest, stratified, train
+from neu import NEU, neu_manifest, report, stratified, train, verdict
 
 from steelqc.monitoring.drift import DRIFT_FEATURES, DriftResult, check_drift
 from steelqc.tasks.config import DriftRule
@@ -323,11 +323,6 @@ def print_table(s: dict[str, Any]) -> None:
         print(verdict(tgt))
 
 
-def verdict(target: dict[str, Any]) -> str:
-    """One PASS/FAIL line."""
-    return f"{'PASS' if target['passed'] else 'FAIL'}  {target['target']}: {target['value']} (target {target['goal']})"
-
-
 def overlap_of(indices: list[np.ndarray]) -> dict[str, float]:
     """Mean and largest share of images two batches have in common, and the distinct images in all."""
     sets = [set(i.tolist()) for i in indices]
@@ -366,13 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         batches["other_source"] = [frame]
         results, check_seconds = run_checks(reference_rows, batches, args.out)
         summary = summarise(results, check_seconds, extract_seconds, model, reference_rows, args, overlap_of(indices))
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        for tgt in summary["targets"]:
-            print(verdict(tgt), file=sys.stderr)
-    else:
-        print_table(summary)
-    return 1 if args.strict and not all(t["passed"] for t in summary["targets"]) else 0
+    return report(summary, args.json, args.strict, print_table)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,14 @@ and inference code (nothing here trains or scores differently from ``steelqc tra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,3 +78,20 @@ def train(
     device = select_device()
     net, meta = load_model(result.best_checkpoint, device)
     return Trained(net, meta["model_name"], InputSpec.from_dict(meta["input_spec"]), label_space, device)
+
+
+def verdict(target: dict[str, Any]) -> str:
+    """One PASS/FAIL line."""
+    return f"{'PASS' if target['passed'] else 'FAIL'}  {target['target']}: {target['value']} (target {target['goal']})"
+
+
+def report(summary: dict[str, Any], as_json: bool, strict: bool, print_table: Callable[[dict[str, Any]], None]) -> int:
+    """Print a benchmark's summary (one JSON object under ``--json``, PASS/FAIL lines then on stderr); the exit
+    code: 1 under ``--strict`` when a target failed, else 0."""
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        for target in summary["targets"]:
+            print(verdict(target), file=sys.stderr)
+    else:
+        print_table(summary)
+    return 1 if strict and not all(t["passed"] for t in summary["targets"]) else 0

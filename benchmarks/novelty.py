@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from neu import NEU, neu_manifest, stratified, train
+from neu import NEU, neu_manifest, report, stratified, train, verdict
 from sklearn.metrics import roc_auc_score
 
 from steelqc.tasks.config import Settings
@@ -186,11 +186,6 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     }
 
 
-def verdict(target: dict[str, Any]) -> str:
-    """One PASS/FAIL line."""
-    return f"{'PASS' if target['passed'] else 'FAIL'}  {target['target']}: {target['value']} (target {target['goal']})"
-
-
 def print_table(s: dict[str, Any]) -> None:
     """The figures for people."""
     first = s["runs"][0]
@@ -252,13 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 100 * runs[-1]["false_positive_rate"],
             )
     summary = summarise(runs, args)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        for tgt in summary["targets"]:
-            print(verdict(tgt), file=sys.stderr)
-    else:
-        print_table(summary)
-    return 1 if args.strict and not all(t["passed"] for t in summary["targets"]) else 0
+    return report(summary, args.json, args.strict, print_table)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for_http
 
 
 @pytest.fixture(autouse=True)
@@ -44,18 +42,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
         [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    wait_for_http(f"{url}/health", proc, home / "server.log", "Prefect server", 90)
     yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
     proc.terminate()
     try:

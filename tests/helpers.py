@@ -13,6 +13,9 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +41,27 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not present (../shared/data is only on the project machines)")
     return path
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout_s: float, any_answer: bool = False):
+    """Wait until ``url`` answers 200 (any HTTP answer with ``any_answer``); fail the test with the end of ``log``
+    when ``proc`` exits or ``timeout_s`` passes. Loopback only: no proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with opener.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError:  # an HTTP answer, even an error
+            if any_answer:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{what} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
 
 
 def free_port() -> int:

@@ -10,9 +10,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +24,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.synth import generate_dataset
-from tests.helpers import RELAXED, ROOT, STEELQC, Champion, free_port, make_messy
+from tests.helpers import RELAXED, ROOT, STEELQC, Champion, free_port, make_messy, wait_for_http
 
 TINY_MIX = {0: 0.3, 1: 0.25, 2: 0.15, 3: 0.15, 4: 0.15}
 
@@ -169,20 +166,7 @@ def moto_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoS3]
     log_path = tmp_path / "moto.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with opener.open(url, timeout=2):
-                break
-        except urllib.error.HTTPError:  # an HTTP answer, even an error, means it is up
-            break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"moto_server did not start: {log_path.read_text()[-2000:]}")
-        time.sleep(0.2)
+    wait_for_http(url, proc, log_path, "moto_server", 60, any_answer=True)
     try:
         yield MotoS3(url, lambda: boto3.client("s3", endpoint_url=url, region_name="us-east-1"))
     finally:
