@@ -61,6 +61,17 @@ def is_listed_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def warn_unlisted(source: str, names: list[str]) -> None:
+    """Say which visible files an inbox left out for their names (never silently: a camera that writes another
+    extension must be noticed, not ignored)."""
+    if names:
+        shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+        log.warning(
+            "%s: %d file(s) without an image extension (%s) not monitored: %s",
+            source, len(names), "/".join(sorted(IMAGE_EXTENSIONS)), shown,
+        )  # fmt: skip
+
+
 def sha256_of(path: Path) -> str:
     """SHA-256 (hex) of a regular file's content; a FIFO, device or folder raises ``NotRegularFile``."""
     digest = hashlib.sha256()
@@ -136,10 +147,12 @@ class LocalInbox(Inbox):
 
     def list_items(self) -> list[InboxItem]:
         items: list[InboxItem] = []
+        unlisted: list[str] = []
         for folder, dirs, files in os.walk(self.root, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
                 if not is_listed_name(name):
+                    unlisted += [] if name.startswith(".") else [os.path.join(folder, name)]
                     continue
                 path = os.path.join(folder, name)
                 try:
@@ -147,6 +160,7 @@ class LocalInbox(Inbox):
                 except FileNotFoundError:  # removed while listing
                     continue
                 items.append(InboxItem(uri=path, name=name, size=st.st_size, stamp=str(st.st_mtime_ns)))
+        warn_unlisted(self.describe(), unlisted)
         items.sort(key=lambda item: item.uri)
         return items
 
@@ -179,6 +193,7 @@ class S3Inbox(Inbox):
 
     def list_items(self) -> list[InboxItem]:
         items: list[InboxItem] = []
+        unlisted: list[str] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
             for page in pages:
@@ -191,8 +206,11 @@ class S3Inbox(Inbox):
                     if is_listed_name(name):
                         stamp = str(obj.get("ETag", "")).strip('"')
                         items.append(InboxItem(f"s3://{self.bucket}/{key}", name, int(obj["Size"]), stamp))
+                    elif not name.startswith("."):
+                        unlisted.append(f"s3://{self.bucket}/{key}")
         except (ClientError, BotoCoreError) as exc:
             raise InboxError(f"inbox {self.source}: listing failed ({exc})") from exc
+        warn_unlisted(self.describe(), unlisted)
         items.sort(key=lambda item: item.uri)
         return items
 

@@ -32,7 +32,7 @@ def counting_hasher(inbox: LocalInbox, into: Path, calls: list[str]):
 # --------------------------------------------------------------------------------------------- the inbox
 
 
-def test_local_inbox_lists_only_visible_images_sorted(tmp_path: Path) -> None:
+def test_local_inbox_lists_only_visible_images_sorted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "inbox"
     for name in ["b.png", "A.JPG", "c.TIFF", "d.jpeg", "e.bmp", "f.tif", "sub/g.png"]:
         png(root / name)
@@ -48,6 +48,9 @@ def test_local_inbox_lists_only_visible_images_sorted(tmp_path: Path) -> None:
     assert [i.name for i in items] == names
     assert [i.uri for i in items] == sorted(i.uri for i in items)
     assert items[-1].uri == str(root.absolute() / "sub" / "g.png")
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "3 file(s) without an image extension" in warning, "left out, but never silently"
+    assert "notes.txt" in warning and "noext" in warning and ".hidden" not in warning
     first = items[0]
     st = os.stat(first.uri)
     assert (first.size, first.stamp) == (st.st_size, str(st.st_mtime_ns))
