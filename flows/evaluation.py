@@ -8,7 +8,6 @@ from steelqc.model_registry import packaging
 from steelqc.model_registry.reference import reference_of_uri
 from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
-from steelqc.tasks.data.datasets import read_image
 from steelqc.tasks.data.ingest import ingest, new_run_dir, write_outputs
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.assess import assess
@@ -80,7 +79,7 @@ def predict_images(model_uri: str, paths: list[Path], settings: Settings) -> dic
         "critical_class": model.label_space.critical_class,
         "novelty_threshold": reference.novelty.threshold if reference is not None else None,
         "predictions": records,
-        "failed": len(errors),
+        "failed": sum(bool(r.get("error")) for r in records),
         "novel": sum(bool(r.get("novel")) for r in records),
     }
 
@@ -97,7 +96,8 @@ def _predicted(model: packaging.SteelDefectModel, paths: list[str], reference: R
     names, space = model.label_space.names, model.label_space
     for path, row, index, score, flag, error in zip(paths, raw.proba, chosen, scores, novel, raw.errors, strict=True):
         if error:
-            yield {"image": path, "label": None, "probabilities": None, "critical": None, "error": error}
+            fault = f"unreadable image: {error}"
+            yield {"image": path, "label": None, "probabilities": None, "critical": None, "error": fault}
             continue
         yield {
             "image": path,
@@ -111,11 +111,8 @@ def _predicted(model: packaging.SteelDefectModel, paths: list[str], reference: R
 
 
 def unreadable_image(path: Path) -> str | None:
-    """Why ``path`` cannot be predicted (None when it decodes), in words for the error record."""
+    """Why ``path`` cannot be predicted before it is opened (missing, not a regular file), in words for the error
+    record; a file that does not decode gets its reason from the feature pass, which decodes each image once."""
     if not path.is_file():
         return "no such file" if not path.exists() else "not a regular file"
-    try:
-        read_image(path)
-    except Exception as exc:  # any decoding fault of one image is that image's error record, not the batch's
-        return f"unreadable image: {type(exc).__name__}: {exc}"
     return None
