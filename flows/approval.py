@@ -30,6 +30,8 @@ from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.approval")
 
+REQUEST_ARTIFACT = "approval/request.json"  # the request's JSON (ApprovalRequest.to_dict), logged to the MLflow run
+
 
 class ApprovalInput(RunInput):
     """The form an ML lead fills in to resume a paused training run."""
@@ -54,6 +56,21 @@ class ApprovalRequest:
     started_by: str
     flow_run_id: str | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The request as JSON: who and what, the gates and verdict, each headline figure with its 95 % interval
+        and the champion's, and the test images per class (how far the figures can move)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "flow_run_id": self.flow_run_id,
+            "started_by": self.started_by,
+            **self.report.to_dict(),
+            "figures": request_figures(self.metrics, self.champion),
+            "test_images_per_class": images_per_class(self.metrics),
+            "champion_version": self.champion.version if self.champion is not None else None,
+        }
+
 
 @dataclass
 class ApprovalOutcome:
@@ -66,14 +83,60 @@ class ApprovalOutcome:
     alert: dict[str, Any] | None = None
 
 
+# figure of the request -> key of its 95 % interval in metrics["confidence_intervals"] (None: no interval)
+FIGURES = {
+    "macro_f1": "macro_f1",
+    "critical_recall": "critical_recall",
+    "critical_precision": None,
+    "glare_delta_f1": "glare_delta_f1",
+}
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
 
 
+def _ci(ci: object) -> str:
+    """``[lo, hi]`` as ``0.8610–0.9550``; ``—`` when there is none (not computed, or undefined)."""
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return f"{ci[0]:.4f}–{ci[1]:.4f}"
+    return "—"
+
+
+def images_per_class(metrics: dict[str, Any]) -> dict[str, int]:
+    """Test images per class name (the ``support`` of ``metrics["per_class"]``), in the class order."""
+    return {
+        name: int((figures or {}).get("support") or 0) for name, figures in (metrics.get("per_class") or {}).items()
+    }
+
+
+def request_figures(metrics: dict[str, Any], champion: ChampionScore | None) -> dict[str, dict[str, Any]]:
+    """Each headline figure: the challenger's ``value``, its bootstrap ``ci95`` (None when there is none) and the
+    ``champion``'s value on the same test split (None without a comparable champion; it has no glare figure)."""
+    values = {**metrics, "glare_delta_f1": (metrics.get("glare") or {}).get("delta_f1")}
+    cis = metrics.get("confidence_intervals") or {}
+    return {
+        key: {
+            "value": values.get(key),
+            "ci95": cis.get(ci_key) if ci_key else None,
+            "champion": getattr(champion, key, None),
+        }
+        for key, ci_key in FIGURES.items()
+    }
+
+
+def sizes_line(sizes: dict[str, int]) -> str:
+    """``crazing 45, inclusion 45 (90 in all)``; ``—`` when unknown."""
+    if not sizes:
+        return "—"
+    return ", ".join(f"{name} {n}" for name, n in sizes.items()) + f" ({sum(sizes.values())} in all)"
+
+
 def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
-    """What the reviewer sees: gate table, the comparison with the champion, how to decide."""
+    """What the reviewer sees: gate table, the comparison with the champion (with the challenger's 95 % intervals),
+    the test images per class, how to decide."""
     rows = [
         f"# Approval needed: {request.name} v{request.version} → champion",
         "",
@@ -85,15 +148,22 @@ def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
     ]
     for name, gate in request.report.gates.items():
         rows.append(f"| {name} | {_fmt(gate.value)} | {_fmt(gate.threshold)} | {'yes' if gate.passed else 'NO'} |")
-    rows += ["", "| on this run's test split | challenger | champion |", "|---|---|---|"]
-    metrics = {**request.metrics, "glare_delta_f1": (request.metrics.get("glare") or {}).get("delta_f1")}
-    for key in ("macro_f1", "critical_recall", "critical_precision", "glare_delta_f1"):
-        rows.append(f"| {key} | {_fmt(metrics.get(key))} | {_fmt(getattr(request.champion, key, None))} |")
+    rows += [
+        "",
+        "| on this run's test split | challenger | challenger 95% CI | champion |",
+        "|---|---|---|---|",
+    ]
+    for key, figure in request_figures(request.metrics, request.champion).items():
+        rows.append(f"| {key} | {_fmt(figure['value'])} | {_ci(figure['ci95'])} | {_fmt(figure['champion'])} |")
     if request.champion is not None:
-        rows.append(f"| version | v{request.version} | v{request.champion.version} |")
+        rows.append(f"| version | v{request.version} | | v{request.champion.version} |")
     else:
         rows.append("\nNo champion yet: this would be the first.")
     rows += [
+        "",
+        f"**Test images per class**: {sizes_line(images_per_class(request.metrics))}. The intervals are "
+        "bootstrap 95 % intervals over these images (glare ΔF1 paired: clean, dim and bright on the same "
+        "resampled images): a figure can move that much on another test split of this size.",
         "",
         "**Decide** with the flow run's *Resume* button (form: decision, reviewer, comment), or:",
         "",
@@ -114,9 +184,10 @@ def await_approval(settings: Settings, request: ApprovalRequest) -> ApprovalOutc
         settings,
         "awaiting-approval",
         f"{request.name} v{request.version} passed its gates and awaits an ML lead's approval",
-        {"run_id": request.run_id, "macro_f1": request.metrics.get("macro_f1"), "started_by": request.started_by},
+        alert_details(request),
         request.flow_run_id,
     )
+    _log_request(mlflow_client, request)
     deadline = time.monotonic() + settings.approval_timeout_s
     for attempt in itertools.count(1):
         answer = _pause(settings, markdown, attempt, int(deadline - time.monotonic()))
@@ -130,6 +201,29 @@ def await_approval(settings: Settings, request: ApprovalRequest) -> ApprovalOutc
         if outcome is not None:
             return replace(outcome, alert=alert)
     raise AssertionError("unreachable")
+
+
+def alert_details(request: ApprovalRequest) -> dict[str, Any]:
+    """The awaiting-approval alert's details: the headline figures with their 95 % intervals and the test images
+    per class, as one readable line each."""
+    figures = request_figures(request.metrics, request.champion)
+    intervals = ", ".join(f"{key} {_ci(figures[key]['ci95'])}" for key, ci_key in FIGURES.items() if ci_key)
+    return {
+        "run_id": request.run_id,
+        "macro_f1": request.metrics.get("macro_f1"),
+        "glare_delta_f1": figures["glare_delta_f1"]["value"],
+        "ci95": intervals,
+        "test_images_per_class": sizes_line(images_per_class(request.metrics)),
+        "started_by": request.started_by,
+    }
+
+
+def _log_request(mlflow_client: MlflowClient, request: ApprovalRequest) -> None:
+    """Keep the request's JSON with the MLflow run (``approval/request.json``); never fails the run."""
+    try:
+        mlflow_client.log_dict(request.run_id, request.to_dict(), REQUEST_ARTIFACT)
+    except Exception as exc:  # the request is also the markdown artifact; losing this copy must not stop approval
+        log.warning("could not log %s to run %s: %s", REQUEST_ARTIFACT, request.run_id, exc)
 
 
 def _pause(settings: Settings, markdown: str, attempt: int, remaining_s: int) -> ApprovalInput | None:

@@ -26,7 +26,7 @@ FIGURES = {
     "macro_f1": ("macro-F1", "macro_f1", "macro_f1"),
     "critical_recall": ("critical recall", "critical_recall", "critical_recall"),
     "critical_precision": ("critical precision", "critical_precision", None),
-    "glare_delta_f1": ("glare ΔF1 (largest drop)", None, None),
+    "glare_delta_f1": ("glare ΔF1 (largest drop)", None, "glare_delta_f1"),
     "min_support": ("test images per class", None, None),
     "champion": ("vs champion", None, None),
 }

@@ -131,6 +131,8 @@ def evaluate_gates(
     if ci:
         result["macro_f1"].details["ci95"] = ci.get("macro_f1")
         result["critical_recall"].details["ci95"] = ci.get("critical_recall")
+        if "glare_delta_f1" in ci:  # paired bootstrap of ΔF1; absent from metrics written before it existed
+            result["glare_delta_f1"].details["ci95"] = ci["glare_delta_f1"]
     failing = [name for name in GATE_NAMES if not result[name].passed]
     if refused:
         reason = (

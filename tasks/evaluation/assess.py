@@ -104,9 +104,10 @@ def assess(
     metrics["argmax"] = {k: plain[k] for k in ("macro_f1", "accuracy", "critical_recall", "critical_precision")}
     f1 = {v: compute_metrics(y_true, probas[v], names, critical, threshold)["macro_f1"] for v in GLARE_VARIANTS}
     metrics["glare"] = glare_summary(f1["clean"], f1["dim"], f1["bright"])
-    y_pred = decide(clean, critical, threshold)
+    decided = {variant: decide(probas[variant], critical, threshold) for variant in GLARE_VARIANTS}
+    y_pred = decided["clean"]
     metrics["confidence_intervals"] = confidence_intervals(
-        y_true, y_pred, names, critical, n_boot=bootstrap_samples, seed=seed
+        y_true, y_pred, names, critical, n_boot=bootstrap_samples, seed=seed, variant_preds=decided
     )
     artifacts = {
         "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"], names, out_dir / "confusion_matrix.png"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,6 +304,59 @@ class ClassRecall:
         return _float_or_none(self.batch(y_true[None, :], y_pred[None, :])[0])
 
 
+@dataclass(frozen=True)
+class GlareDeltaF1:
+    """Glare ΔF1 as :func:`steelqc.tasks.evaluation.robustness.glare_summary` computes ``delta_f1``: the largest drop
+    of macro-F1 from the clean predictions to any corrupted variant's, never negative; undefined (NaN) when the
+    clean F1 or every corrupted F1 is. ``batch`` scores many paired resamples at once."""
+
+    n_classes: int
+
+    def batch(self, y_true: np.ndarray, clean: np.ndarray, corrupted: Sequence[np.ndarray]) -> np.ndarray:
+        """ΔF1 of each row of (B x N) arrays: ``y_true``, the clean and each corrupted variant's decided labels, all
+        indexed by the same resample rows."""
+        f1 = MacroF1(self.n_classes)
+        base = f1.batch(y_true, clean)
+        if not corrupted:
+            return np.full(base.shape, np.nan)
+        drops = np.stack([base - f1.batch(y_true, pred) for pred in corrupted])  # V x B (NaN where undefined)
+        known = ~np.isnan(drops)
+        largest = np.where(known, drops, -np.inf).max(axis=0)
+        return np.where(known.any(axis=0), np.maximum(largest, 0.0), np.nan)
+
+    def __call__(self, y_true: np.ndarray, clean: np.ndarray, corrupted: Sequence[np.ndarray]) -> float | None:
+        arrays = [_as_labels(a, self.n_classes) for a in (y_true, clean, *corrupted)]
+        return _float_or_none(self.batch(arrays[0][None, :], arrays[1][None, :], [a[None, :] for a in arrays[2:]])[0])
+
+
+def _check_boot(n_boot: int, alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def resample_indices(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The bootstrap resamples, in (rows x ``n``) chunks of item indices drawn with replacement from
+    ``numpy.random.default_rng(seed)``: every interval of this module draws exactly these for a seed."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // n)
+    for start in range(0, n_boot, chunk):
+        yield rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+
+
+def _percentile_interval(scores: list[np.ndarray], n_boot: int, alpha: float) -> tuple[float | None, float | None]:
+    """Percentile ``(1 - alpha)`` interval of the defined (non-NaN) resample scores; ``(None, None)`` if none is."""
+    values = np.concatenate(scores) if scores else np.empty(0)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None, None
+    if values.size < n_boot:
+        log.debug("bootstrap: %d of %d resamples undefined, dropped", n_boot - values.size, n_boot)
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -314,41 +367,61 @@ def bootstrap_ci(
 ) -> tuple[float | None, float | None]:
     """Percentile bootstrap ``(1 - alpha)`` interval of ``metric(y_true, y_pred)`` over ``n_boot`` resamples.
 
-    Resamples draw N items with replacement from a ``numpy.random.default_rng(seed)`` stream, so the result is
-    deterministic for a seed. A metric with a ``batch(y_true_2d, y_pred_2d) -> array`` method (e.g.
-    :class:`MacroF1`, :class:`ClassRecall`) is scored on all resamples at once; any other callable is called
-    once per resample. Resamples where the metric is undefined (None / NaN, e.g. no critical sample drawn) are
-    dropped; ``(None, None)`` when no data or no resample is defined.
+    Resamples draw N items with replacement (:func:`resample_indices`), so the result is deterministic for a seed.
+    A metric with a ``batch(y_true_2d, y_pred_2d) -> array`` method (e.g. :class:`MacroF1`, :class:`ClassRecall`)
+    is scored on all resamples at once; any other callable is called once per resample. Resamples where the metric
+    is undefined (None / NaN, e.g. no critical sample drawn) are dropped; ``(None, None)`` when no data or no
+    resample is defined.
     """
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    _check_boot(n_boot, alpha)
     y_true, y_pred = _as_labels(y_true, name="y_true"), _as_labels(y_pred, name="y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in length")
     n = y_true.shape[0]
     if n == 0:
         return None, None
-    rng = np.random.default_rng(seed)
     batch = getattr(metric, "batch", None)
-    chunk = max(1, _BOOT_CHUNK_ELEMENTS // n)
     scores: list[np.ndarray] = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+    for idx in resample_indices(n, n_boot, seed):
         if callable(batch):
             scores.append(np.asarray(batch(y_true[idx], y_pred[idx]), dtype=np.float64))
         else:
             values = [metric(y_true[row], y_pred[row]) for row in idx]
             scores.append(np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64))
-    values = np.concatenate(scores)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
+    return _percentile_interval(scores, n_boot, alpha)
+
+
+def paired_delta_f1_ci(
+    y_true: np.ndarray,
+    clean: np.ndarray,
+    corrupted: Sequence[np.ndarray],
+    n_classes: int,
+    n_boot: int = 1000,
+    seed: int = 42,
+    alpha: float = 0.05,
+) -> tuple[float | None, float | None]:
+    """Paired percentile bootstrap ``(1 - alpha)`` interval of the glare ΔF1 (:class:`GlareDeltaF1`).
+
+    Each resample draws the test images once (:func:`resample_indices`, the same draws as :func:`bootstrap_ci`
+    for the seed) and scores the clean and every corrupted variant's decided labels on those same images, so the
+    interval reflects how the *difference* moves, not the two F1s' separate noise. ``(None, None)`` without data,
+    without a corrupted variant, or when no resample is defined.
+    """
+    _check_boot(n_boot, alpha)
+    y_true = _as_labels(y_true, n_classes, "y_true")
+    preds = [_as_labels(p, n_classes, "y_pred") for p in (clean, *corrupted)]
+    for pred in preds:
+        if pred.shape != y_true.shape:
+            raise ValueError(f"y_true {y_true.shape} and a variant's predictions {pred.shape} differ in length")
+    n = y_true.shape[0]
+    if n == 0 or not corrupted:
         return None, None
-    if values.size < n_boot:
-        log.debug("bootstrap: %d of %d resamples undefined, dropped", n_boot - values.size, n_boot)
-    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    delta = GlareDeltaF1(n_classes)
+    scores = [
+        delta.batch(y_true[idx], preds[0][idx], [pred[idx] for pred in preds[1:]])
+        for idx in resample_indices(n, n_boot, seed)
+    ]
+    return _percentile_interval(scores, n_boot, alpha)
 
 
 def confidence_intervals(
@@ -359,16 +432,34 @@ def confidence_intervals(
     n_boot: int = 1000,
     seed: int = 42,
     alpha: float = 0.05,
+    variant_preds: Mapping[str, np.ndarray | None] | None = None,
 ) -> dict[str, list[float | None]]:
-    """Bootstrap intervals ``{"macro_f1": [lo, hi], "critical_recall": [lo, hi]}`` for decided labels ``y_pred``."""
+    """Bootstrap intervals ``{"macro_f1": [lo, hi], "critical_recall": [lo, hi], "glare_delta_f1": [lo, hi]}`` for
+    decided labels ``y_pred``.
+
+    ``glare_delta_f1`` is the paired interval of :func:`paired_delta_f1_ci` over ``variant_preds`` (decided labels
+    by glare variant: ``clean`` and the corrupted ones, ``dim``, ``bright``). The key is absent when
+    ``variant_preds`` is not given; ``[None, None]`` when it is but ΔF1 cannot be computed (no ``clean``, no
+    corrupted variant: a variant given as None counts as missing), like the other keys when undefined.
+    """
     n_classes = len(class_names)
     critical_index = _check_critical(critical_index, n_classes)
     y_true = _as_labels(y_true, n_classes, "y_true")
     y_pred = _as_labels(y_pred, n_classes, "y_pred")
-    return {
+    out = {
         "macro_f1": list(bootstrap_ci(y_true, y_pred, MacroF1(n_classes), n_boot, seed, alpha)),
         "critical_recall": list(bootstrap_ci(y_true, y_pred, ClassRecall(critical_index), n_boot, seed, alpha)),
     }
+    if variant_preds is not None:
+        clean = variant_preds.get("clean")
+        corrupted = [pred for name, pred in variant_preds.items() if name != "clean" and pred is not None]
+        glare = (
+            paired_delta_f1_ci(y_true, clean, corrupted, n_classes, n_boot, seed, alpha)
+            if clean is not None
+            else (None, None)
+        )
+        out["glare_delta_f1"] = list(glare)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- mistakes

@@ -48,6 +48,14 @@ def test_the_report_as_json_keeps_gates_apart_from_the_verdict() -> None:
         "ci95": [0.85, 0.95],
     }
     assert result.gates_dict() == out["gates"]
+    assert "ci95" not in out["gates"]["glare_delta_f1"], "metrics without the glare interval (older runs)"
+
+
+def test_the_glare_gate_carries_its_paired_interval() -> None:
+    cis = {"macro_f1": [0.85, 0.95], "critical_recall": [0.9, 1.0], "glare_delta_f1": [0.0, 0.025]}
+    gates = evaluate_gates(metrics(confidence_intervals=cis), GATES, "crack").gates_dict()
+    assert gates["glare_delta_f1"]["ci95"] == [0.0, 0.025] and gates["glare_delta_f1"]["rule"] == "<="
+    assert gates["critical_recall"]["ci95"] == [0.9, 1.0]
 
 
 def test_a_gate_is_value_threshold_passed_and_its_details() -> None:

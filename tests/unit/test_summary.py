@@ -119,7 +119,11 @@ def passed_against_a_champion() -> dict:
     summary = with_top_level_verdict(REFUSED)
     summary.update(model_version="3", promoted=True, decision="champion", aliases={"champion": "3", "challenger": "3"})
     summary["metrics"].update(macro_f1=0.912, critical_recall=0.962, critical_precision=0.81)
-    summary["metrics"]["confidence_intervals"] = {"macro_f1": [0.861, 0.955], "critical_recall": [0.88, 1.0]}
+    summary["metrics"]["confidence_intervals"] = {
+        "macro_f1": [0.861, 0.955],
+        "critical_recall": [0.88, 1.0],
+        "glare_delta_f1": [0.0, 0.027],
+    }
     summary["metrics"]["glare"]["delta_f1"] = 0.012
     gates = summary["gates"]
     gates["min_support"] = {"value": 9, "threshold": 5, "passed": True, "below": {}}
@@ -173,6 +177,7 @@ def test_training_report_of_a_promoted_run() -> None:
     assert "steel-defect-classifier v3" in text and rows["gates"] == ["✓ all gates passed"] and "✗" not in text
     assert rows["macro-F1"] == ["0.912", "0.861–0.955", "≥ 0.80", "✓"]
     assert rows["critical recall (crack)"] == ["0.962", "0.880–1.000", "≥ 0.95", "✓"]
+    assert rows["glare ΔF1 (largest drop)"] == ["0.012", "0.000–0.027", "≤ 0.03", "✓"]
     assert rows["vs champion"] == ["v1: F1 0.912 vs 0.900, recall 0.962 vs 0.950", "≥ champion's (F1 −0.005)", "✓"]
     assert rows["promoted"] == ["yes: champion"] and rows["aliases"] == ["champion v3, challenger v3"]
 
@@ -212,6 +217,17 @@ def test_evaluation_report_has_figures_without_gates() -> None:
     assert "macro-F1" in text and "0.000–0.333" in text and "gate" not in text
     assert "47 scored, 0 quarantined" in text and "ok 0.000, crack 0.000, scratch 0.250" in text
     assert "Grad-CAM in mask  0.237" in text
+    summary["metrics"] = passed_against_a_champion()["metrics"]
+    rows = cells(render(readable.evaluation_report(summary)))
+    assert rows["glare ΔF1 (largest drop)"] == ["0.012", "0.000–0.027"]
+
+
+def test_the_glare_interval_comes_from_the_gate_when_metrics_lack_it() -> None:
+    summary = passed_against_a_champion()
+    del summary["metrics"]["confidence_intervals"]["glare_delta_f1"]
+    summary["gates"]["glare_delta_f1"]["ci95"] = [0.002, 0.021]
+    rows = cells(render(readable.training_report(summary, LINKS)))
+    assert rows["glare ΔF1 (largest drop)"] == ["0.012", "0.002–0.021", "≤ 0.03", "✓"]
 
 
 def test_predictions_one_line_per_image() -> None:
