@@ -76,6 +76,22 @@ TINY_PROFILE: dict[str, Any] = {
 }
 
 
+class CacheSettings(BaseModel):
+    """The decoded-image cache (``steelqc.tasks.data.cache.ImageCache``): ``STEELQC_CACHE__*`` settings.
+
+    Least recently used images leave each tier once it holds more than its limit; a limit of 0 turns that tier
+    off. ``dir`` None = ``STEELQC_HOME/cache/images`` (see :meth:`root`); the disk tier is kept across runs.
+    """
+
+    max_bytes_memory: int = Field(default=2 * 1024**3, ge=0, description="Memory tier limit (0: off).")
+    max_bytes_disk: int = Field(default=20 * 1024**3, ge=0, description="Disk tier limit (0: off).")
+    dir: Path | None = Field(default=None, description="Disk tier folder; default STEELQC_HOME/cache/images.")
+
+    def root(self, home: Path) -> Path:
+        """The disk tier's folder for the state root ``home`` (``Settings.home``)."""
+        return self.dir if self.dir is not None else Path(home) / "cache" / "images"
+
+
 class DriftRule(BaseModel):
     """When a batch of new images counts as drifted (README "Drift monitoring" says why these values)."""
 
@@ -126,6 +142,7 @@ class Settings(BaseSettings):
     seed: int = DEFAULT_SEED
     gates: Gates = Field(default_factory=Gates)
     train: TrainDefaults = Field(default_factory=TrainDefaults)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     io_workers: int = Field(default=4, description="Threads for image checks during ingest.")
 
     # MLflow and the registry
