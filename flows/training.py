@@ -86,7 +86,7 @@ def _new_mlflow_run(run_dir: Path, ingest: dict, cfg: dict) -> str:
     }
     with mlflow.start_run(run_name=run_dir.name, tags=tags) as run:
         mlflow.log_params({f"train.{k}": v for k, v in cfg.items()})
-        data_params = ("valid", "quarantined", "format", "critical_class")
+        data_params = ("valid", "quarantined", "format", "critical_class", "channels")
         mlflow.log_params({f"data.{k}": ingest[k] for k in data_params})
         for name in ("manifest", "quarantine"):
             mlflow.log_artifact(ingest[name], artifact_path="data")
@@ -341,7 +341,8 @@ def training_pipeline(
     settings = settings_for(overrides)
     policy, started_by, flow_run_id = approval or settings.approval, promotion.actor(), _current_flow_run_id()
     ingest = ingest_step(data, fmt, critical_class, overrides)
-    requested = {"model": model, "epochs": epochs, **(train_overrides or {})}
+    # the data decides grey (1) or colour (3) decoding (ingest's `channels`, README "Data"); it joins the input spec
+    requested = {"model": model, "epochs": epochs, "image_channels": ingest["channels"], **(train_overrides or {})}
     cfg = resolve_config(settings, requested, profile, tuple(ingest["image_shape"]))
     run_dir = run_folder_step(ingest, cfg.fingerprint(), resume, overrides)
     ingest = _in_run_folder(ingest, run_dir)

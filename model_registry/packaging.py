@@ -12,6 +12,10 @@ No pickle (MLflow's ``python_model.pkl`` is a cloudpickle: unpickling it runs wh
 no ``code/`` folder (models-from-code executes a ``.py`` copied into the model). The version carries the SHA-256 of
 its weights and of bundle.json as tags (``weights_sha256``, ``bundle_sha256``, set at registration).
 
+The input spec says how images are decoded: ``image_channels`` 1 (grey, replicated to the model's channels) or 3
+(RGB); a bundle written before that field existed has none and is grey, and a bundle that disagrees with its
+checkpoint on it is refused.
+
 :func:`load` (``steelqc predict`` / ``evaluate``, the champion comparison) never calls ``mlflow.pyfunc.load_model``,
 which would honour whatever the MLmodel says: it resolves the URI to a directory, refuses one holding anything but
 the files above or an MLmodel naming another loader (:class:`UnsafeModel`), checks the hashes and rebuilds the
@@ -129,6 +133,12 @@ class SteelDefectModel:
             raise UnsafeModel(f"{BUNDLE_FILE} says {self.architecture!r} but {Path(checkpoint).name} holds {held!r}")
         self.label_space = LabelSpace.from_dict(self.bundle["label_space"])
         self.spec = InputSpec.from_dict(self.bundle["input_spec"])
+        trained = InputSpec.from_dict(self.meta.get("input_spec") or {}).image_channels
+        if trained != self.spec.image_channels:
+            raise UnsafeModel(
+                f"{BUNDLE_FILE} decodes images with image_channels {self.spec.image_channels} but "
+                f"{Path(checkpoint).name} was trained with {trained}"
+            )
         self.threshold = self.bundle.get("threshold")
         return self
 
@@ -192,12 +202,13 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
 
 
 def make_bundle(architecture: str, label_space: Any, input_spec: dict, threshold: float | None, **extra: Any) -> dict:
-    """The bundle.json a version carries next to its checkpoint."""
+    """The bundle.json a version carries next to its checkpoint (the input spec with every field, so
+    ``image_channels`` is written out even for grey data)."""
     return {
         "bundle_version": BUNDLE_VERSION,
         "architecture": architecture,
         "label_space": label_space.to_dict(),
-        "input_spec": input_spec,
+        "input_spec": InputSpec.from_dict(input_spec).to_dict(),
         "threshold": threshold,
         **extra,
     }

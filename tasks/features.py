@@ -2,9 +2,10 @@
 
 Per image:
 
-* photometric features of the decoded grey image at its own size (:data:`PHOTOMETRIC`): mean and spread of
-  brightness, contrast (5th-95th percentile range), sharpness (log variance of the Laplacian), the share of
-  saturated pixels (a glare signal) and the share of near-black pixels;
+* photometric features of the grey image at its own size (:data:`PHOTOMETRIC`): mean and spread of brightness,
+  contrast (5th-95th percentile range), sharpness (log variance of the Laplacian), the share of saturated pixels
+  (a glare signal) and the share of near-black pixels; for colour data they are computed on the luminance of the
+  decoded RGB image (the grey a grey decode gives), so they mean the same for grey and colour models;
 * the model's view: the penultimate-layer embedding (the input of the final linear layer), projected to at most
   16 whitened components by a :class:`Projection` fitted on the training images; the predicted class under the
   critical threshold, its confidence (max probability) and margin (top-1 minus top-2), the critical probability;
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
 from steelqc.tasks.data.datasets import Corruption, InputSpec, build_transforms
-from steelqc.tasks.data.imageio import decode_image, read_regular_file
+from steelqc.tasks.data.imageio import decode_image, luminance, read_regular_file
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
 from steelqc.tasks.model.inference import autocast_context, to_device
@@ -96,7 +97,8 @@ def photometric_features(img: np.ndarray) -> np.ndarray:
 
 class FeatureDataset(Dataset):
     """Images as ``(model tensor, photometric features, error)``; an unreadable image gives zeros, NaNs and the
-    reason instead of raising, so one bad file never stops a batch."""
+    reason instead of raising, so one bad file never stops a batch. Images are decoded once, with the spec's
+    ``image_channels`` (as the model was trained); the photometric features take the luminance of an RGB image."""
 
     def __init__(
         self,
@@ -115,10 +117,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray, str]:
         path = self.paths[index]
         try:
-            img = decode_image(io.BytesIO(read_regular_file(path, self.max_bytes)))
+            img = decode_image(io.BytesIO(read_regular_file(path, self.max_bytes)), self.spec.image_channels)
             if self.corruption is not None:
                 img = np.ascontiguousarray(self.corruption(img, Path(path).name), dtype=np.uint8)
-            return self.transform(image=img)["image"], photometric_features(img), ""
+            return self.transform(image=img)["image"], photometric_features(luminance(img)), ""
         except Exception as exc:  # unreadable, truncated, special file, unsupported mode...
             blank = torch.zeros(self.spec.channels, self.spec.height, self.spec.width)
             return blank, np.full(len(PHOTOMETRIC), np.nan, dtype=np.float32), f"{type(exc).__name__}: {exc}"

@@ -3,9 +3,12 @@
 The photometric augmentation (brightness/contrast/gamma/CLAHE and a soft specular band) together with per-image
 standardisation is what makes a model robust to glare: standardising each image to zero mean and unit std removes
 a global brightness offset entirely, and the augmentation teaches the model the rest (clipped highlights, bands,
-contrast changes). Grey images are read by content (some real Severstal files are PNG data behind a ``.jpg`` name)
-and the grey channel is replicated to ``InputSpec.channels`` only at the very end, so augmentation runs on one
-channel.
+contrast changes). Images are read by content (some real Severstal files are PNG data behind a ``.jpg`` name) with
+the data's channels, ``InputSpec.image_channels``: grey data (1, the default, and what a checkpoint or bundle
+without the field means) is decoded to one grey channel, augmented as such and replicated to
+``InputSpec.channels`` only at the very end; colour data (3, decided by ingest) is decoded, augmented and fed as
+RGB. Per-image standardisation of an RGB image is joint (one mean and one std over all its pixels and channels),
+so a colour cast that separates two classes survives it, while a global brightness offset is still removed.
 
 Reproducibility: augmentation randomness comes from one numpy and one Python generator shared by all transforms
 (:func:`seed_transforms`). Albumentations' own ``Compose(seed=...)`` gives every transform its own generator with
@@ -56,14 +59,20 @@ CPU_LARGE_IMAGE = 512
 class InputSpec:
     """Size and normalisation of model inputs.
 
-    ``normalize``: ``"per_image"`` standardises each image to zero mean / unit std after augmentation (invariant
-    to global brightness offsets: the point of the glare gate); ``"imagenet"`` uses ImageNet mean/std.
+    ``channels``: the model's input channels (3 for pretrained weights). ``image_channels``: how the images are
+    decoded, 1 = grey (replicated to ``channels`` at the end) or 3 = RGB (needs ``channels`` 3); ingest decides it
+    per data set (the manifest's ``channels``), and it travels with the checkpoint's and the bundle's input spec,
+    so everything that scores a model decodes as it was trained. ``normalize``: ``"per_image"`` standardises each
+    image to zero mean / unit std after augmentation, jointly over the channels of an RGB image (invariant to
+    global brightness offsets: the point of the glare gate; a colour cast survives); ``"imagenet"`` uses the
+    ImageNet mean/std of each channel (grey replicated gets the three as well).
     """
 
     height: int = 128
     width: int = 800
     channels: int = 3
     normalize: str = "per_image"
+    image_channels: int = 1
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
@@ -72,6 +81,12 @@ class InputSpec:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.image_channels not in (1, 3):
+            raise ValueError(f"image_channels must be 1 (grey) or 3 (RGB), got {self.image_channels}")
+        if self.image_channels > self.channels:
+            raise ValueError(
+                f"RGB images (image_channels 3) need a 3-channel model input, got channels {self.channels}"
+            )
 
     @property
     def square(self) -> bool:
@@ -82,7 +97,9 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
-        return cls(**{k: data[k] for k in ("height", "width", "channels", "normalize") if k in data})
+        """From :meth:`to_dict`; a spec written before ``image_channels`` existed (no such key) is grey."""
+        keys = ("height", "width", "channels", "normalize", "image_channels")
+        return cls(**{k: data[k] for k in keys if k in data})
 
 
 def _round_to(value: float, multiple: int = 32) -> int:
@@ -116,16 +133,18 @@ def default_num_workers(device: str) -> int:
 # ------------------------------------------------------------------------------------------------ images
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file by content (not extension) to a uint8 HxW grey array.
+def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
+    """Decode an image file by content (not extension) to a uint8 HxW grey (``channels=1``) or HxWx3 RGB
+    (``channels=3``) array.
 
     The one decoder of :mod:`tasks.imageio` (every mode ingest accepts, 16-bit scaled, never clipped).
     """
-    return decode_image(path)
+    return decode_image(path, channels)
 
 
 def standardize(img: np.ndarray, floor: float = STD_FLOOR) -> np.ndarray:
-    """Per-image standardisation of a uint8 (0..255) or float (0..1) image: zero mean, unit std (float32)."""
+    """Per-image standardisation of a uint8 (0..255) or float (0..1) image: zero mean, unit std (float32); one
+    mean and one std over every pixel and channel (joint, so the channels of an RGB image keep their differences)."""
     x = img.astype(np.float32)
     if img.dtype == np.uint8:
         x /= 255.0
@@ -133,19 +152,38 @@ def standardize(img: np.ndarray, floor: float = STD_FLOOR) -> np.ndarray:
     return (x - mean) / max(std, floor)
 
 
+def _as_image(img: np.ndarray) -> np.ndarray:
+    """HxW grey or HxWx3 RGB (an HxWx1 from albumentations becomes HxW); anything else raises ValueError."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        return img[..., 0]
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3):
+        return img
+    raise ValueError(f"expected an HxW grey or HxWx3 RGB image, got shape {img.shape}")
+
+
 def to_model_tensor(img: np.ndarray, spec: InputSpec) -> torch.Tensor:
-    """Normalise an HxW grey image as ``spec`` says and return a float32 CxHxW tensor (grey replicated)."""
+    """Normalise an HxW grey or HxWx3 RGB image as ``spec`` says; a float32 CxHxW tensor (grey replicated to
+    ``spec.channels``, RGB as its three channels)."""
+    img = _as_image(img)
+    colour = img.ndim == 3
+    if colour and spec.channels != 3:
+        raise ValueError(f"an RGB image needs a 3-channel model input, the spec has {spec.channels}")
     if spec.normalize == "per_image":
-        t = torch.from_numpy(standardize(img))[None]
-        return t.expand(spec.channels, -1, -1).contiguous()
-    x = torch.from_numpy(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0))[None]
+        x = standardize(img)
+    else:
+        x = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)
+    t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))) if colour else torch.from_numpy(x)[None]
+    t = t.expand(spec.channels, -1, -1)
+    if spec.normalize == "per_image":
+        return t.contiguous()
     mean = torch.tensor(IMAGENET_MEAN[: spec.channels] if spec.channels == 3 else (0.449,)).view(-1, 1, 1)
     std = torch.tensor(IMAGENET_STD[: spec.channels] if spec.channels == 3 else (0.226,)).view(-1, 1, 1)
-    return (x.expand(spec.channels, -1, -1) - mean) / std
+    return (t - mean) / std
 
 
 class ToModelTensor(A.ImageOnlyTransform):
-    """Final transform: normalisation (per-image or ImageNet) and grey -> ``channels`` float32 CxHxW tensor."""
+    """Final transform: normalisation (per-image or ImageNet) to a float32 CxHxW tensor; an HxW (or HxWx1) grey
+    image is replicated to ``channels``, an HxWx3 RGB image keeps its three channels."""
 
     def __init__(self, height: int, width: int, channels: int = 3, normalize: str = "per_image", p: float = 1.0):
         super().__init__(p=p)
@@ -153,8 +191,6 @@ class ToModelTensor(A.ImageOnlyTransform):
         self.spec = InputSpec(height=height, width=width, channels=channels, normalize=normalize)
 
     def apply(self, img: np.ndarray, **params: Any) -> torch.Tensor:
-        if img.ndim == 3:  # albumentations may hand back HxWx1
-            img = img[..., 0]
         return to_model_tensor(img, self.spec)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
@@ -162,7 +198,8 @@ class ToModelTensor(A.ImageOnlyTransform):
 
 
 class SpecularBand(A.ImageOnlyTransform):
-    """Add a soft bright band (Gaussian profile across rows or columns) with clipping: simulated glare."""
+    """Add a soft bright band (Gaussian profile across rows or columns) with clipping: simulated glare. On an RGB
+    image the same band is added to every channel (white light)."""
 
     def __init__(
         self,
@@ -233,7 +270,8 @@ def seed_transforms(transform: A.Compose, seed: int | Sequence[int]) -> None:
 class ManifestDataset(Dataset):
     """Manifest rows as ``(tensor, label_index)``; ``label_index`` is -1 when the frame has no ``label`` column.
 
-    ``corruption(img_uint8_grey, image_id) -> img_uint8_grey`` is applied to the decoded image before any
+    Images are decoded with ``spec.image_channels`` (grey HxW or RGB HxWx3).
+    ``corruption(img_uint8, image_id) -> img_uint8`` (same shape) is applied to the decoded image before any
     transform (evaluation uses it for glare variants). ``cache=True`` decodes (and corrupts) every image once, up
     front, and keeps it resized to the spec as uint8 in RAM (about 100 KB an image at 128x800): worth it for small
     data sets, where JPEG decoding dominates on few cores. Caching assumes the corruption is deterministic per image.
@@ -271,8 +309,8 @@ class ManifestDataset(Dataset):
         return len(self.paths)
 
     def load_raw(self, index: int) -> np.ndarray:
-        """The decoded uint8 grey image with the corruption (if any) applied."""
-        img = read_image(self.paths[index])
+        """The decoded uint8 image (grey or RGB, as ``spec.image_channels``) with the corruption (if any) applied."""
+        img = read_image(self.paths[index], self.spec.image_channels)
         if self.corruption is not None:
             img = np.ascontiguousarray(self.corruption(img, self.image_ids[index]), dtype=np.uint8)
         return img

@@ -1,9 +1,9 @@
 """The one image decoder of steelqc: ingest checks with it, training, evaluation and inference read with it.
 
-:func:`decode_image` turns an image file (read by content, never by extension) into a uint8 HxW grey array.
-Every Pillow mode in :data:`SUPPORTED_MODES` is converted explicitly, so no pixel is silently clipped or
-misread; anything else raises :class:`UnsupportedImage`, and ingest quarantines it with
-:func:`unsupported_mode_reason` (same list, so the two cannot disagree).
+:func:`decode_image` turns an image file (read by content, never by extension) into a uint8 HxW grey array
+(``channels=1``) or a uint8 HxWx3 RGB array (``channels=3``). Every Pillow mode in :data:`SUPPORTED_MODES` is
+converted explicitly, so no pixel is silently clipped or misread; anything else raises :class:`UnsupportedImage`,
+and ingest quarantines it with :func:`unsupported_mode_reason` (same list, so the two cannot disagree).
 
 Conversions (``channels=1``):
 
@@ -24,7 +24,16 @@ Conversions (``channels=1``):
 * Not supported, so quarantined at ingest: ``F`` (32-bit float: the scale, 0..1 or 0..255 or anything, is
   unknown), ``LAB``, ``HSV``, premultiplied ``La``/``RGBa`` and any other mode.
 
-A later issue keeps colour data as RGB: ``channels`` is the keyword for that; only ``channels=1`` exists today.
+Conversions (``channels=3``), the same mode table and rules:
+
+* ``RGB``: as stored. ``RGBX``, ``RGBA``: the three colour channels (padding and alpha dropped, not composited).
+  ``P``, ``PA`` through RGBA (the palette colours), ``CMYK`` and ``YCbCr`` through Pillow's RGB conversion.
+* Grey modes (``1``, ``L``, ``LA``, 16-bit, ``I``) are decoded to grey exactly as above and replicated to three
+  equal channels, so a grey image reads the same in a colour data set as in a grey one.
+
+Whether a data set is fed as colour is ingest's decision (:func:`channel_spread` measures an image; the rule is
+in :mod:`steelqc.tasks.data.ingest`); :func:`luminance` gives the grey image of an RGB array, identical to what
+``channels=1`` decodes from an RGB file.
 
 Files are opened only when they are regular files (checked with ``stat`` before ``open`` and ``fstat`` after an
 ``O_NONBLOCK`` open), so a FIFO, socket or device handed to the decoder is refused instead of blocking.
@@ -48,6 +57,9 @@ _VIA_RGBA = frozenset({"P", "PA"})
 """Palette modes: expanded to RGBA (keeps a transparency entry out of the way), then to luminance."""
 _VIA_RGB = frozenset({"CMYK", "YCbCr"})
 """Colour spaces converted to RGB by Pillow, then to luminance."""
+COLOUR_MODES: frozenset[str] = frozenset({"RGB", "RGBX", "RGBA"}) | _VIA_RGBA | _VIA_RGB
+"""Modes that can hold colour; every other supported mode is grey (decoded with ``channels=3``: replicated)."""
+CHANNEL_OPTIONS = (1, 3)
 SUPPORTED_MODES: frozenset[str] = _DIRECT_TO_L | _VIA_RGBA | _VIA_RGB | SIXTEEN_BIT_MODES | {"I"}
 """Every Pillow mode :func:`decode_image` converts; ingest quarantines any other."""
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
@@ -137,41 +149,87 @@ def _int32_as_16_bit(image: Image.Image) -> np.ndarray:
     return _scale_16_bit(values)
 
 
+def _check_channels(channels: int) -> None:
+    if channels not in CHANNEL_OPTIONS:
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    """A supported mode's pixels as uint8 HxW grey (the ``channels=1`` table of the module doc)."""
+    mode = image.mode
+    if mode in SIXTEEN_BIT_MODES:
+        return _scale_16_bit(np.asarray(image))
+    if mode == "I":
+        return _int32_as_16_bit(image)
+    if mode in _VIA_RGBA:
+        return np.asarray(image.convert("RGBA").convert("L"))
+    if mode in _VIA_RGB:
+        return np.asarray(image.convert("RGB").convert("L"))
+    return np.asarray(image if mode == "L" else image.convert("L"))
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    """A supported mode's pixels as uint8 HxWx3 RGB (the ``channels=3`` table: grey modes replicated)."""
+    mode = image.mode
+    if mode not in COLOUR_MODES:
+        return np.repeat(np.asarray(_grey(image), dtype=np.uint8)[..., None], 3, axis=2)
+    if mode in _VIA_RGBA:
+        return np.asarray(image.convert("RGBA").convert("RGB"))
+    return np.asarray(image if mode == "RGB" else image.convert("RGB"))
+
+
 def image_to_array(image: Image.Image, channels: int = 1) -> np.ndarray:
-    """Pixels of an open Pillow image as a uint8 HxW grey array (``channels=1``, the only one today).
+    """Pixels of an open Pillow image as uint8 HxW grey (``channels=1``) or HxWx3 RGB (``channels=3``).
 
     Raises :class:`UnsupportedImage` for a mode outside :data:`SUPPORTED_MODES` (or mode ``I`` values outside
-    0..65535), and Pillow's ``OSError`` for a truncated or corrupt file.
+    0..65535), ``ValueError`` for another ``channels``, and Pillow's ``OSError`` for a truncated or corrupt file.
     """
-    if channels != 1:
-        raise NotImplementedError("only grey decoding (channels=1) exists so far")
-    mode = image.mode
-    if reason := unsupported_mode_reason(mode):
+    _check_channels(channels)
+    if reason := unsupported_mode_reason(image.mode):
         raise UnsupportedImage(reason)
-    if mode in SIXTEEN_BIT_MODES:
-        grey = _scale_16_bit(np.asarray(image))
-    elif mode == "I":
-        grey = _int32_as_16_bit(image)
-    elif mode in _VIA_RGBA:
-        grey = np.asarray(image.convert("RGBA").convert("L"))
-    elif mode in _VIA_RGB:
-        grey = np.asarray(image.convert("RGB").convert("L"))
-    else:
-        grey = np.asarray(image if mode == "L" else image.convert("L"))
-    return np.array(grey, dtype=np.uint8, copy=True)
+    pixels = _grey(image) if channels == 1 else _rgb(image)
+    return np.array(pixels, dtype=np.uint8, copy=True)
 
 
 def decode_image(source: str | Path | BinaryIO, channels: int = 1) -> np.ndarray:
-    """Decode an image file or binary file object by content to a uint8 HxW grey array (see the module doc).
+    """Decode an image file or binary file object by content to uint8 HxW grey (``channels=1``) or HxWx3 RGB
+    (``channels=3``), see the module doc.
 
     A path must be a regular file (or a symlink to one): anything else raises :class:`NotRegularFile`
     without being read.
     """
+    _check_channels(channels)
     if isinstance(source, str | Path):
         with open_regular_file(source) as fh, Image.open(fh) as image:
             return image_to_array(image, channels)
     with Image.open(source) as image:
         return image_to_array(image, channels)
+
+
+def luminance(img: np.ndarray) -> np.ndarray:
+    """The grey image of a uint8 image: HxW as it is; HxWx3 RGB by Pillow's ITU-R 601-2 luma (exactly what
+    ``channels=1`` decodes from an RGB file: ``(19595 R + 38470 G + 7471 B + 32768) >> 16``)."""
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
+        raise ValueError(f"expected a uint8 HxW or HxWx3 image, got {img.dtype} {img.shape}")
+    if img.ndim == 2:
+        return img
+    if img.shape[2] == 1:
+        return img[..., 0]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img), "RGB").convert("L"))
+
+
+def channel_spread(img: np.ndarray, quantile: float = 0.99) -> float:
+    """How colourful a uint8 image is, in grey levels: the ``quantile`` (0..1) over pixels of each pixel's
+    channel spread ``max(R, G, B) - min(R, G, B)``. 0 for a grey (HxW) image and for equal channels; at the
+    default 0.99 it exceeds ``t`` exactly when more than 1 % of the pixels differ between channels by more than
+    ``t`` grey levels (a colour patch of a few percent of the image counts, a few stray pixels do not)."""
+    if img.ndim == 2 or img.size == 0:
+        return 0.0
+    spread = np.maximum(np.maximum(img[..., 0], img[..., 1]), img[..., 2]) - np.minimum(
+        np.minimum(img[..., 0], img[..., 1]), img[..., 2]
+    )
+    counts = np.cumsum(np.bincount(spread.ravel(), minlength=256))
+    return float(np.searchsorted(counts, quantile * counts[-1]))
 
 
 def conversion_note(image: Image.Image) -> str:

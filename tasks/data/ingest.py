@@ -10,6 +10,16 @@ Two layouts are read:
 Faults in a row or an image put that image in quarantine with a reason; everything else goes on. Faults that
 make the whole data set unreadable (an empty CSV, a wrong header, an unknown critical class) raise
 :class:`IngestError`.
+
+**Colour or grey** (per data set, recorded in the manifest's ``channels`` column and ``ingest.json``): each image's
+``chroma`` is :func:`~steelqc.tasks.data.imageio.channel_spread`, the 99th percentile over its pixels of
+``max(R, G, B) - min(R, G, B)`` in grey levels (0 for grey modes). An image is colour when its chroma exceeds
+:data:`COLOUR_SPREAD_LEVELS` (8): more than 1 % of its pixels differ between channels by more than 8 grey levels
+(3 % of the range). A grey image stored as RGB, JPEG included, stays far below that (libjpeg gives exactly equal
+channels back: NEU-CLS and the Severstal sample measure 0), while a colour patch on 1 % of the image is enough.
+A data set is colour (``channels`` 3) when at least :data:`COLOUR_IMAGE_SHARE` (5 %) of its valid images are
+colour: enough for a colour camera whose only coloured images are one defect class, not enough for a few stray
+colour files in a grey set to turn it (those are noted in the manifest: they are read as grey).
 """
 
 from __future__ import annotations
@@ -40,8 +50,10 @@ from PIL import Image, UnidentifiedImageError
 
 from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES, Settings
 from steelqc.tasks.data.imageio import (
+    COLOUR_MODES,
     NotRegularFile,
     UnsupportedImage,
+    channel_spread,
     conversion_note,
     file_kind,
     image_to_array,
@@ -70,6 +82,10 @@ OS_LITTER_FOLDERS = {
     "__macosx",
 }
 """Folder names (lower case) of the same kind; ``._*`` AppleDouble files are litter too."""
+COLOUR_SPREAD_LEVELS = 8.0
+"""An image is colour when its chroma (99th percentile of the per-pixel channel spread) exceeds this (grey levels)."""
+COLOUR_IMAGE_SHARE = 0.05
+"""A data set is colour when at least this share of its valid images are colour."""
 
 
 class IngestError(Exception):
@@ -99,6 +115,8 @@ class ImageInfo:
     sha256: str
     note: str = ""
     """Read through a symlink, 16-bit scaling, ignored alpha (joined into the manifest's note column)."""
+    chroma: float = 0.0
+    """The image's channel spread in grey levels (:func:`~steelqc.tasks.data.imageio.channel_spread`)."""
 
 
 class ImageFault(Exception):
@@ -125,6 +143,44 @@ class IngestResult:
     def by_class(self) -> dict[str, int]:
         counts = Counter(self.manifest["label"].tolist()) if len(self.manifest) else Counter()
         return {name: int(counts.get(cid, 0)) for cid, name in sorted(self.class_names.items())}
+
+    @property
+    def channels(self) -> int:
+        """1 (grey) or 3 (colour): how the data set's images are fed to a model (:func:`dataset_channels`)."""
+        return dataset_channels(self.manifest["chroma"]) if "chroma" in self.manifest else 1
+
+    def colour_images(self) -> int:
+        """How many valid images are colour (:func:`is_colour_image`)."""
+        return sum(map(is_colour_image, self.manifest["chroma"])) if "chroma" in self.manifest else 0
+
+
+def is_colour_image(chroma: float) -> bool:
+    """An image is colour when its chroma exceeds :data:`COLOUR_SPREAD_LEVELS` grey levels."""
+    return float(chroma) > COLOUR_SPREAD_LEVELS
+
+
+def dataset_channels(chromas: Iterable[float]) -> int:
+    """3 when at least :data:`COLOUR_IMAGE_SHARE` of the images are colour (and one is), else 1 (grey)."""
+    flags = [is_colour_image(c) for c in chromas]
+    return 3 if flags and any(flags) and sum(flags) >= COLOUR_IMAGE_SHARE * len(flags) else 1
+
+
+def with_channels(result: IngestResult) -> IngestResult:
+    """The result with the data set's ``channels`` in every manifest row, and a note on each colour image of a
+    data set read as grey (it loses its colour, so the manifest says so)."""
+    channels, manifest = result.channels, result.manifest.copy()
+    manifest["channels"] = channels
+    if channels == 1 and len(manifest):
+        colour = manifest["chroma"].map(is_colour_image)
+        note = manifest.loc[colour, "chroma"].map(
+            lambda c: f"colour image (channel spread {c:g} grey levels) in a grey data set: read as grey"
+        )
+        manifest.loc[colour, "note"] = [
+            "; ".join(n for n in (old, new) if n) for old, new in zip(manifest.loc[colour, "note"], note, strict=True)
+        ]
+    columns = list(manifest.columns)
+    columns.insert(columns.index("chroma"), columns.pop(columns.index("channels")))
+    return replace(result, manifest=manifest[columns])
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -157,15 +213,17 @@ def check_image(
         raise ImageFault(f"file grew over max_image_bytes ({max_bytes}) while being read: refused")
     if not data:
         raise ImageFault("empty file (0 bytes)")
-    height, width, fmt, note = _decode_checked(io.BytesIO(data), expected_shape, max_pixels)
+    height, width, fmt, note, chroma = _decode_checked(io.BytesIO(data), expected_shape, max_pixels)
     notes = "; ".join(n for n in (entry.note, note) if n)
-    return ImageInfo(height=height, width=width, format=fmt, sha256=hashlib.sha256(data).hexdigest(), note=notes)
+    sha256 = hashlib.sha256(data).hexdigest()
+    return ImageInfo(height=height, width=width, format=fmt, sha256=sha256, note=notes, chroma=chroma)
 
 
 def _decode_checked(
     data: io.BytesIO, expected_shape: tuple[int, int] | None, max_pixels: int
-) -> tuple[int, int, str, str]:
-    """(height, width, format, conversion note) of image bytes, checked before and by a full decode."""
+) -> tuple[int, int, str, str, float]:
+    """(height, width, format, conversion note, chroma) of image bytes, checked before and by a full decode
+    (in RGB for a mode that can hold colour, so its channel spread is measured on the pixels a model would get)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -184,7 +242,7 @@ def _decode_checked(
                 if reason := unsupported_mode_reason(image.mode):
                     raise ImageFault(reason)
                 fmt = image.format or "unknown"
-                image_to_array(image)
+                chroma = channel_spread(image_to_array(image, 3 if image.mode in COLOUR_MODES else 1))
                 note = conversion_note(image)
     except ImageFault:
         raise
@@ -196,7 +254,7 @@ def _decode_checked(
         raise ImageFault("not a readable image (content matches no known image format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageFault(f"unreadable or truncated image: {exc}") from None
-    return height, width, fmt, note
+    return height, width, fmt, note, chroma
 
 
 def _check_images(
@@ -942,7 +1000,8 @@ def ingest_folders(root: Path, settings: Settings, critical_class: str | None = 
 
 
 def _manifest_columns(class_names: dict[int, str], with_pixels: bool) -> list[str]:
-    base = ["image_id", "path", "classes", "label", "label_name", "height", "width", "format", "sha256", "note"]
+    base = ["image_id", "path", "classes", "label", "label_name", "height", "width", "chroma"]
+    base += ["format", "sha256", "note"]
     if with_pixels:
         base += [f"pixels_{n}" for cid, n in sorted(class_names.items()) if cid != 0]
     return base
@@ -959,6 +1018,7 @@ def _record(
         "label_name": class_names[label],
         "height": info.height,
         "width": info.width,
+        "chroma": info.chroma,
         "format": info.format,
         "sha256": info.sha256,
         "note": "; ".join(n for n in (_extension_note(path, info.format), info.note) if n),
@@ -989,10 +1049,17 @@ def ingest(
             if critical_class not in settings.class_ids or settings.class_ids[critical_class] == 0:
                 names = [n for c, n in sorted(settings.class_names.items()) if c]
                 raise IngestError(f"critical class {critical_class!r} is not a defect class: {', '.join(names)}", root)
-        return ingest_severstal(root, settings)
-    if fmt == "folders":
-        return ingest_folders(root, settings, critical_class)
-    raise IngestError(f"unknown format {fmt!r} (auto, severstal or folders)", root)
+        result = ingest_severstal(root, settings)
+    elif fmt == "folders":
+        result = ingest_folders(root, settings, critical_class)
+    else:
+        raise IngestError(f"unknown format {fmt!r} (auto, severstal or folders)", root)
+    result = with_channels(result)
+    log.info(
+        "%s: %s data (%d of %d valid images colour)",
+        root, "colour" if result.channels == 3 else "grey", result.colour_images(), len(result.manifest),
+    )  # fmt: skip
+    return result
 
 
 def dataset_fingerprint(manifest: pd.DataFrame, class_names: dict[int, str]) -> str:
@@ -1057,6 +1124,8 @@ def summarise(result: IngestResult) -> dict:
             for cid, n in sorted(Counter(result.masks["class_id"].astype(int).tolist()).items())
         },
         "classes": {str(k): v for k, v in sorted(result.class_names.items())},
+        "channels": result.channels,
+        "colour_images": result.colour_images(),
         "critical_class": result.critical_class,
         "rows_read": result.rows_read,
         "fingerprint": result.fingerprint,

@@ -1,4 +1,4 @@
-"""Glare robustness: exact, seeded photometric corruptions of grey uint8 images, and the glare summary.
+"""Glare robustness: exact, seeded photometric corruptions of uint8 images (grey or RGB), and the glare summary.
 
 **Evaluation only: training must never import this module.** The glare test measures how a model trained on
 clean images copes with lighting it has not seen; augmenting training with these same corruptions would make
@@ -18,6 +18,9 @@ Corruptions work on intensity ``x = pixel / 255`` in [0, 1], i.e. on grey levels
   width (full width at half maximum) is a share of the image width drawn in [5 %, 15 %]. The three draws
   ``(cx, angle, width share)`` come from ``numpy.random.default_rng`` seeded with ``(seed, sha256(image_id))``,
   so an image always gets the same band, whatever the process or the image size.
+
+Colour data (HxWx3 RGB): the same formula on every channel, with the same band on all three (glare is white
+light), so a grey image read as RGB (three equal channels) is corrupted exactly as its grey decode is.
 
 Rounding (exact, documented): the shift 0.3 is ``0.3 * 255 = 76.5`` grey levels, applied in float; the result
 is clipped to [0, 255] and rounded half up (``floor(v + 0.5)``). Hence ``dim(p) = max(p - 76, 0)`` and, away
@@ -121,7 +124,8 @@ def bright(img: np.ndarray, image_id: str, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GlareCorruption:
-    """A picklable ``(img_uint8, image_id) -> img_uint8`` corruption (safe for DataLoader worker processes)."""
+    """A picklable ``(img_uint8, image_id) -> img_uint8`` corruption (HxW grey or HxWxC, every channel alike; safe
+    for DataLoader worker processes)."""
 
     variant: str
     seed: int = 0

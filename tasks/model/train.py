@@ -90,7 +90,8 @@ class TrainConfig:
 
     ``amp`` applies on CUDA only; ``channels_last`` on every device. ``patience`` <= 0 turns early stopping off.
     ``max_train_batches`` caps the batches of an epoch (tests, smoke runs). ``height``/``width``/``channels``/
-    ``normalize`` are the :class:`InputSpec` (see :attr:`input_spec`); ``device``: auto, cpu or cuda.
+    ``normalize``/``image_channels`` are the :class:`InputSpec` (see :attr:`input_spec`; ``image_channels``, grey 1
+    or RGB 3, comes from the data's manifest); ``device``: auto, cpu or cuda.
     """
 
     model: str = _DEFAULTS.model
@@ -116,6 +117,7 @@ class TrainConfig:
     width: int | None = _DEFAULTS.width
     channels: int = 3
     normalize: str = "per_image"
+    image_channels: int = 1
     device: str = "auto"
 
     FINGERPRINT_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -134,6 +136,7 @@ class TrainConfig:
         "width",
         "channels",
         "normalize",
+        "image_channels",
     )
 
     def __post_init__(self) -> None:
@@ -157,7 +160,13 @@ class TrainConfig:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(height=self.height, width=self.width, channels=self.channels, normalize=self.normalize)
+        return InputSpec(
+            height=self.height,
+            width=self.width,
+            channels=self.channels,
+            normalize=self.normalize,
+            image_channels=self.image_channels,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for MLflow params and checkpoints)."""
