@@ -50,10 +50,10 @@ class TrainDefaults(BaseModel):
     model: str = "mobilenet_v2"
     epochs: int = 8
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     scheduler: Literal["none", "cosine"] = "cosine"
-    patience: int = 3
+    patience: int = 0  # epochs without validation gain before stopping; 0 = off (README "Training recipe")
     freeze_stages: int = 0
     weights: str = "imagenet"
     balanced_sampler: bool = True
@@ -62,6 +62,9 @@ class TrainDefaults(BaseModel):
     height: int | None = None
     width: int | None = None
     cache_images: bool = True
+    augment: Literal["glare-v1", "light-v2"] = "light-v2"  # photometric preset (tasks/data/presets.py)
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.99  # per-step decay of an exponential moving average of the weights; 0 = off
 
 
 # A CI-sized profile: tiny model, small images, one epoch (tests run the real pipeline with it).

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import PIL
 
+from steelqc.tasks.config import Settings
 from steelqc.tasks.data.imageio import open_regular_file
 from steelqc.tasks.fileio import atomic_write
 
@@ -201,6 +202,12 @@ class ImageCache:
             except OSError as exc:
                 log.warning("image cache: disk tier off, cannot use %s (%s)", self.root, exc)
                 self.root, self.max_bytes_disk = None, 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageCache:
+        """The cache the settings' ``cache`` block describes (its disk tier under ``STEELQC_HOME`` by default)."""
+        block = settings.cache
+        return cls(block.root(settings.home), block.max_bytes_memory, block.max_bytes_disk)
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()

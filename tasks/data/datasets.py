@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -35,8 +36,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from steelqc.tasks.data.cache import CacheKey, ImageCache
 from steelqc.tasks.data.imageio import decode_image
 from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.data.presets import DEFAULT_AUGMENT, check_augment, light_v2
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STD_FLOOR = 0.01
 """Smallest std (on the 0..1 scale) used by per-image standardisation, so a flat image is not blown up to noise."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MEMORY_CACHE_BYTES = 2 * 1024**3
+"""Memory limit of the cache ``ManifestDataset(cache=True)`` makes (the settings' ``cache`` block: the pipeline's)."""
 CPU_SMALL_SIDE = 160
 """Long side used on CPU for small images (e.g. NEU-CLS 200x200 -> 160x160)."""
 CPU_LARGE_IMAGE = 512
@@ -233,21 +239,24 @@ class SpecularBand(A.ImageOnlyTransform):
         return ("amplitude", "band_width")
 
 
-def build_transforms(spec: InputSpec, train: bool) -> A.Compose:
+def build_transforms(spec: InputSpec, train: bool, *, augment: str = DEFAULT_AUGMENT) -> A.Compose:
     """Resize to the spec, (train) geometric + photometric augmentation, normalise, CxHxW float32 tensor.
 
     Geometric: horizontal flip always; vertical flip for non-square inputs, RandomRotate90 only for square ones
-    (it would turn a 128x800 strip sideways). Photometric: CLAHE, brightness/contrast (-0.35..+0.4 brightness
-    with clipping), gamma and a specular band (p=0.5, peak up to +0.6).
+    (it would turn a 128x800 strip sideways). Photometric: the ``augment`` preset of :mod:`.presets`
+    (``glare-v1``: CLAHE, brightness/contrast (-0.35..+0.4 brightness with clipping), gamma and an axis-aligned
+    specular band (p=0.5, peak up to +0.6); ``light-v2``: see :func:`.presets.light_v2`).
     """
+    check_augment(augment)
     steps: list[A.BasicTransform] = [A.Resize(spec.height, spec.width, interpolation=cv2.INTER_AREA)]
     if train:
         steps.append(A.HorizontalFlip(p=0.5))
         steps.append(A.RandomRotate90(p=0.5) if spec.square else A.VerticalFlip(p=0.5))
+    if train and augment == "light-v2":
+        steps += light_v2()
+    elif train:
         steps += [
             A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.3),
-            # Plants run under unstable lighting: shifts up to +0.4 with clipping (saturated background) and
-            # strong specular bands are common enough to be trained on, not just tolerated.
             # Plants run under unstable lighting: shifts up to +0.4 with clipping (saturated background) and
             # strong specular bands are common enough to be trained on, not just tolerated.
             A.RandomBrightnessContrast(brightness_limit=(-0.35, 0.4), contrast_limit=0.2, p=0.9),
@@ -272,9 +281,13 @@ class ManifestDataset(Dataset):
 
     Images are decoded with ``spec.image_channels`` (grey HxW or RGB HxWx3).
     ``corruption(img_uint8, image_id) -> img_uint8`` (same shape) is applied to the decoded image before any
-    transform (evaluation uses it for glare variants). ``cache=True`` decodes (and corrupts) every image once, up
-    front, and keeps it resized to the spec as uint8 in RAM (about 100 KB an image at 128x800): worth it for small
-    data sets, where JPEG decoding dominates on few cores. Caching assumes the corruption is deterministic per image.
+    transform (evaluation uses it for glare variants).
+
+    ``cache``: an :class:`~steelqc.tasks.data.cache.ImageCache` (bounded memory, and on disk across runs), or True
+    for a memory-only one of :data:`MEMORY_CACHE_BYTES`. Images are decoded and resized to the spec once (a thread
+    pool fills the cache up front), keyed by content hash (the manifest's ``sha256``), size, channels and decoder
+    version; augmentation then runs on the cached uint8 image (about 100 KB at 128x800). Without a cache (or with a
+    corruption, which is not cached) every access decodes the file again.
     """
 
     def __init__(
@@ -284,9 +297,10 @@ class ManifestDataset(Dataset):
         spec: InputSpec,
         train: bool,
         corruption: Corruption | None = None,
-        cache: bool = False,
+        cache: ImageCache | bool | None = False,
         cache_threads: int = 4,
         seed: int = 0,
+        augment: str = DEFAULT_AUGMENT,
     ):
         self.paths = [str(p) for p in frame["path"]]
         self.image_ids = (
@@ -296,14 +310,21 @@ class ManifestDataset(Dataset):
             [label_space.index_of(v) for v in frame["label"]] if "label" in frame else [-1] * len(self.paths)
         )
         self.label_space, self.spec, self.train, self.corruption = label_space, spec, train, corruption
-        self.transform = build_transforms(spec, train)
+        self.transform = build_transforms(spec, train, augment=augment)
         seed_transforms(self.transform, seed)
         self._resize = A.Resize(spec.height, spec.width, interpolation=cv2.INTER_AREA, p=1.0)
-        self._cache: list[np.ndarray] | None = None
-        if cache:
+        self.cache = ImageCache(None, MEMORY_CACHE_BYTES, 0) if cache is True else cache or None
+        if self.cache is not None and corruption is not None:
+            log.debug("a corrupted data set is not cached")
+            self.cache = None
+        hashes = [str(h) for h in frame["sha256"]] if "sha256" in frame else []
+        self._sha256 = hashes if hashes and all(_SHA256.fullmatch(h) for h in hashes) else None
+        if self.cache is not None:
             with ThreadPoolExecutor(max_workers=max(1, cache_threads)) as pool:
-                self._cache = list(pool.map(self._load_resized, range(len(self.paths))))
-            log.info("cached %d images at %dx%d", len(self._cache), spec.height, spec.width)
+                for _ in pool.map(self._cached, range(len(self.paths))):
+                    pass
+            log.info("image cache filled for %d images at %dx%d: %s", len(self), spec.height, spec.width,
+                     self.cache.stats())  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -318,8 +339,21 @@ class ManifestDataset(Dataset):
     def _load_resized(self, index: int) -> np.ndarray:
         return self._resize(image=self.load_raw(index))["image"]
 
+    def cache_key(self, index: int) -> CacheKey:
+        """The cache key of image ``index``: content hash (the manifest's ``sha256``, else the file's bytes hashed
+        here), size, channels."""
+        spec, preprocessing = self.spec, ("resize:cv2-area",)
+        if self._sha256 is not None:
+            sha = self._sha256[index]
+            return CacheKey(sha, spec.height, spec.width, spec.image_channels, preprocessing=preprocessing)
+        return CacheKey.for_file(self.paths[index], spec.height, spec.width, spec.image_channels, preprocessing)
+
+    def _cached(self, index: int) -> np.ndarray:
+        assert self.cache is not None
+        return self.cache.get_or_load(self.cache_key(index), lambda: self._load_resized(index))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = self._cache[index] if self._cache is not None else self.load_raw(index)
+        img = self._cached(index) if self.cache is not None else self.load_raw(index)
         return self.transform(image=img)["image"], self.labels[index]
 
     def reseed(self, seed: int | Sequence[int]) -> None:

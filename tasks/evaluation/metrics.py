@@ -95,7 +95,10 @@ def calibrate_threshold(
 
     Candidates are the distinct critical probabilities of the data; under :func:`decide` a sample is predicted
     critical iff its critical probability ``>= t``. Among candidates whose critical recall reaches
-    ``target_recall``, take the best critical precision; ties go to the highest ``t`` (fewest alarms). The
+    ``target_recall``, take the best critical precision; ties go to the lowest ``t`` (the most critical samples
+    caught at that precision: on well-separated validation data every ``t`` between the other classes' highest
+    and the critical class' lowest probability has precision 1, and taking the highest would give up to
+    ``1 - target_recall`` of the critical samples away for nothing). The
     returned threshold is the middle of the gap between that probability and the next lower one (same validation
     decisions, a margin for unseen data); ``edge_threshold`` is the probability itself.
     The lowest candidate predicts every sample critical (recall 1), so with at least one critical sample the
@@ -134,7 +137,7 @@ def calibrate_threshold(
     ok = recall >= float(target_recall) - 1e-12
     # ok is never empty: the lowest candidate has recall 1.
     best_precision = precision[ok].max()
-    chosen = np.flatnonzero(ok & (precision == best_precision))[-1]  # highest t among ties
+    chosen = np.flatnonzero(ok & (precision == best_precision))[0]  # lowest t among ties: most recall
     # Every t in (next lower probability, chosen] makes the same validation decisions; take the middle of that gap
     # rather than its edge, so a critical sample slightly less confident than the validation ones is still caught.
     lower = candidates[chosen - 1] if chosen > 0 else 0.0

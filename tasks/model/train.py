@@ -1,13 +1,16 @@
 """Training, checkpoints and resume (framework-free: the flows add MLflow via ``on_epoch``); loading and
 prediction live in :mod:`steelqc.tasks.model.inference`.
 
-One epoch: AdamW (learning rate from :func:`lr_at`), weighted cross-entropy and/or a class-balanced sampler,
-AMP (``torch.autocast`` + ``GradScaler``) on CUDA, channels-last memory (on CUDA and, measured faster there too
-with oneDNN, on the CPU: MobileNetV2 128x800 training +30 %, inference +50 %), then validation (unweighted
-cross-entropy, macro-F1 over the classes present in validation, accuracy). After every epoch
-``checkpoints/last.pt`` (everything needed to resume) and, when validation macro-F1 improved,
-``checkpoints/best.pt`` (weights and what is needed to rebuild the model) are written atomically. Both load
-with ``torch.load(path, weights_only=True)``.
+One epoch: AdamW (learning rate from :func:`lr_at`), cross-entropy (optionally class-weighted and label-smoothed)
+and/or a class-balanced sampler, mixed precision (``torch.autocast`` + ``GradScaler`` in float16 on CUDA; bfloat16
+autocast on CPUs with native bf16, see :func:`~steelqc.tasks.model.inference.cpu_supports_bf16`), channels-last
+memory (on CUDA and, measured faster there too with oneDNN, on the CPU: MobileNetV2 128x800 training +30 %,
+inference +50 %), optionally an exponential moving average of the weights (``ema_decay``: the average is what is
+validated and kept), then validation (unweighted cross-entropy, macro-F1 over the classes present in validation,
+accuracy). After every epoch ``checkpoints/last.pt`` (everything needed to resume) and, when validation improved
+(higher macro-F1, or equal macro-F1 and lower loss), ``checkpoints/best.pt`` (weights and what is needed to rebuild
+the model) are written atomically. Both load with ``torch.load(path, weights_only=True)``. Torch's threads are set
+to the CPUs this process may use (``threads``; see :func:`~steelqc.tasks.model.inference.available_cpus`).
 
 Reproducibility: the sample order, the augmentation (without worker processes) and torch's RNG are re-seeded from
 ``(seed, epoch)`` at the start of every epoch, so a run resumed from ``last.pt`` continues exactly as the
@@ -40,7 +43,8 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from steelqc.tasks.config import DEFAULT_SEED, SEVERSTAL_SHAPE, TINY_PROFILE, Settings, TrainDefaults
+from steelqc.tasks.config import DEFAULT_SEED, SEVERSTAL_SHAPE, TINY_PROFILE, Settings, TrainDefaults, load_settings
+from steelqc.tasks.data.cache import ImageCache
 from steelqc.tasks.data.datasets import (
     InputSpec,
     ManifestDataset,
@@ -51,14 +55,17 @@ from steelqc.tasks.data.datasets import (
     set_loader_epoch,
 )
 from steelqc.tasks.data.labels import LabelSpace
+from steelqc.tasks.data.presets import check_augment
 from steelqc.tasks.fileio import atomic_write
 from steelqc.tasks.model.inference import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     autocast_context,
+    cpu_supports_bf16,
     infer_logits,
     read_checkpoint,
     select_device,
+    set_torch_threads,
     to_device,
 )
 from steelqc.tasks.model.models import MODEL_NAMES, build_model, set_train_mode
@@ -112,7 +119,11 @@ class TrainConfig:
     amp_dtype: str = "float16"
     channels_last: bool = True
     max_train_batches: int | None = None
+    threads: int | None = None
     cache_images: bool = _DEFAULTS.cache_images
+    augment: str = _DEFAULTS.augment
+    label_smoothing: float = _DEFAULTS.label_smoothing
+    ema_decay: float = _DEFAULTS.ema_decay
     height: int | None = _DEFAULTS.height
     width: int | None = _DEFAULTS.width
     channels: int = 3
@@ -132,6 +143,9 @@ class TrainConfig:
         "weights",
         "seed",
         "max_train_batches",
+        "augment",
+        "label_smoothing",
+        "ema_decay",
         "height",
         "width",
         "channels",
@@ -156,6 +170,9 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
         if self.max_train_batches is not None and self.max_train_batches < 1:
             raise ValueError("max_train_batches must be None or >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("label_smoothing and ema_decay must lie in [0, 1)")
+        check_augment(self.augment)
         _ = self.input_spec  # raises ValueError on bad input fields
 
     @property
@@ -266,7 +283,32 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
 
 
 def _use_amp(cfg: TrainConfig, device: str) -> bool:
-    return bool(cfg.amp) and device.startswith("cuda")
+    """AMP on CUDA (``cfg.amp_dtype``), bfloat16 autocast on CPUs that compute it natively."""
+    return bool(cfg.amp) and (device.startswith("cuda") or cpu_supports_bf16())
+
+
+def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """``AveragedModel`` update: EMA with warm-up (``min(decay, (1 + n) / (10 + n))``, so the average does not
+    stay anchored to the starting weights on short runs); integer buffers (BN batch counts) are copied."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
+
+
+def _better(metrics: dict[str, float], best_f1: float, best_loss: float) -> bool:
+    """A higher validation macro-F1, or the same with a lower validation loss (macro-F1 saturates on easy
+    validation sets; without the tie-break the first epoch to reach it would be kept, however under-trained)."""
+    f1, loss = metrics["val_macro_f1"], metrics["val_loss"]
+    return f1 > best_f1 + 1e-9 or (abs(f1 - best_f1) <= 1e-9 and loss < best_loss)
 
 
 def train_step(
@@ -409,6 +451,7 @@ def _train_epoch(
     cfg: TrainConfig,
     desc: str,
     progress: bool,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> tuple[float, int]:
     """One pass over (at most ``max_train_batches`` of) the loader; mean loss and images seen."""
     set_train_mode(model)
@@ -421,6 +464,8 @@ def _train_epoch(
             if i >= n_batches:
                 break
             loss = train_step(model, images, targets, criterion, optimizer, scaler, device, amp, dtype, cl)
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss * len(targets)
             seen += len(targets)
             bar.update(1)
@@ -449,8 +494,13 @@ def train_model(
     on_epoch: Callable[[int, dict], None] | None = None,
     resume: bool = False,
     progress: bool = True,
+    image_cache: ImageCache | None = None,
 ) -> TrainResult:
-    """Train ``cfg.model`` on ``train_df``, pick the best epoch on ``val_df``; see the module doc."""
+    """Train ``cfg.model`` on ``train_df``, pick the best epoch on ``val_df``; see the module doc.
+
+    ``image_cache``: where decoded images are kept when ``cfg.cache_images`` (default: the settings' cache, on disk
+    under ``STEELQC_HOME`` across runs).
+    """
     start = time.perf_counter()
     if len(train_df) == 0 or len(val_df) == 0:
         raise ValueError(f"need training and validation images, got {len(train_df)} and {len(val_df)}")
@@ -458,6 +508,7 @@ def train_model(
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     device = select_device(cfg.device)
+    threads = set_torch_threads(cfg.threads)
     digest = data_digest(train_df, val_df)
 
     state: dict[str, Any] | None = None
@@ -491,23 +542,37 @@ def train_model(
     if cuda:
         torch.backends.cudnn.benchmark = True
 
-    train_ds = ManifestDataset(train_df, label_space, spec, train=True, cache=cfg.cache_images, seed=cfg.seed)
-    val_ds = ManifestDataset(val_df, label_space, spec, train=False, cache=cfg.cache_images)
+    if cfg.cache_images and image_cache is None:
+        image_cache = ImageCache.from_settings(load_settings())
+    cache = image_cache if cfg.cache_images else None
+    train_ds = ManifestDataset(train_df, label_space, spec, train=True, cache=cache, seed=cfg.seed, augment=cfg.augment)
+    val_ds = ManifestDataset(val_df, label_space, spec, train=False, cache=cache)
     train_loader = make_loader(
         train_ds, cfg.batch_size, True, cfg.balanced_sampler, cfg.num_workers, device, cfg.seed, drop_last=False
     )
     val_loader = make_loader(val_ds, max(cfg.batch_size, 32), False, False, cfg.num_workers, device, cfg.seed)
     loss_weights = class_weights(train_ds.labels, label_space.num_classes) if cfg.weighted_loss else None
-    criterion = nn.CrossEntropyLoss(weight=loss_weights.to(device) if loss_weights is not None else None)
+    criterion = nn.CrossEntropyLoss(
+        weight=loss_weights.to(device) if loss_weights is not None else None, label_smoothing=cfg.label_smoothing
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp_on = _use_amp(cfg, device)
-    scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=amp_on and cfg.amp_dtype == "float16")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_on and cuda and cfg.amp_dtype == "float16")
+    ema = (
+        torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
+    )
+    scored = ema.module if ema is not None else model  # the weights validated and kept as best.pt
 
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, bad_epochs, first_epoch = -1.0, 0, 0, 0
+    best_f1, best_loss, best_epoch, bad_epochs, first_epoch = -1.0, math.inf, 0, 0, 0
     if state:
         optimizer.load_state_dict(state["optimizer_state"])
+        if ema is not None:
+            ema.load_state_dict(state["ema_state"])
+        best_loss = float(state.get("best_val_loss", math.inf))
         if state["scaler_state"]:
             scaler.load_state_dict(state["scaler_state"])
         set_rng_state(state["rng"])
@@ -516,9 +581,11 @@ def train_model(
         bad_epochs, first_epoch = int(state["bad_epochs"]), int(state["epoch"])
     meta = _metadata(cfg, label_space, weights_used)
     log.info(
-        "training %s on %s: %d train / %d val images, weights %s",
+        "training %s on %s (%d threads, %s): %d train / %d val images, weights %s",
         cfg.model,
         device,
+        threads,
+        f"autocast {'bfloat16' if not cuda else cfg.amp_dtype}" if amp_on else "float32",
         len(train_ds),
         len(val_ds),
         weights_used,
@@ -533,18 +600,19 @@ def train_model(
         set_loader_epoch(train_loader, cfg.seed, epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         train_loss, seen = _train_epoch(
-            model, train_loader, criterion, optimizer, scaler, device, cfg, f"epoch {epoch + 1}/{cfg.epochs}", progress
-        )
+            model, train_loader, criterion, optimizer, scaler, device, cfg, f"epoch {epoch + 1}/{cfg.epochs}", progress,
+            ema,
+        )  # fmt: skip
         train_seconds = time.perf_counter() - t0
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **_validate(model, val_loader, device, cfg), "lr": lr}
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **_validate(scored, val_loader, device, cfg), "lr": lr}
         metrics.update(
             seconds=round(time.perf_counter() - t0, 3), images_per_second=round(seen / max(train_seconds, 1e-9), 2)
         )
         history.append(metrics)
-        if metrics["val_macro_f1"] > best_f1:
-            best_f1, best_epoch, bad_epochs = metrics["val_macro_f1"], epoch + 1, 0
+        if _better(metrics, best_f1, best_loss):
+            best_f1, best_loss, best_epoch, bad_epochs = metrics["val_macro_f1"], metrics["val_loss"], epoch + 1, 0
             _atomic_save(
-                {**meta, "kind": "best", "epoch": epoch + 1, "val_metrics": metrics, "model_state": _cpu_state(model)},
+                {**meta, "kind": "best", "epoch": epoch + 1, "val_metrics": metrics, "model_state": _cpu_state(scored)},
                 best_path,
             )
         else:
@@ -556,11 +624,13 @@ def train_model(
             "epoch": epoch + 1,
             "best_epoch": best_epoch,
             "best_val_macro_f1": best_f1,
+            "best_val_loss": best_loss,
             "bad_epochs": bad_epochs,
             "stopped_early": stopped,
             "history": history,
             "data_digest": digest,
             "model_state": _cpu_state(model),
+            "ema_state": _cpu_state(ema) if ema is not None else {},
             "optimizer_state": optimizer.state_dict(),
             "scaler_state": scaler.state_dict(),
             "rng": rng_state(),
@@ -574,9 +644,11 @@ def train_model(
         if on_epoch is not None:
             on_epoch(epoch + 1, dict(metrics))
         if stopped:
-            log.info("early stop after epoch %d: no macro-F1 gain for %d epochs", epoch + 1, bad_epochs)
+            log.info("early stop after epoch %d: no validation gain for %d epochs", epoch + 1, bad_epochs)
             break
     assert state is not None
+    if cache is not None:
+        log.info("image cache: %s", cache.stats())
     return _result(state, ckpt_dir, time.perf_counter() - start, device, first_epoch)
 
 

@@ -12,7 +12,7 @@ from steelqc.tasks.data.datasets import InputSpec, class_weights
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.model.inference import CheckpointError, load_model, predict_proba, select_device
 from steelqc.tasks.model.models import build_model
-from steelqc.tasks.model.train import ResumeError, TrainConfig, lr_at, train_model, train_step
+from steelqc.tasks.model.train import ResumeError, TrainConfig, _better, lr_at, train_model, train_step
 from tests.helpers import LABELS, SHAPE, blob_image, cfg
 
 TIMING_KEYS = {"seconds", "images_per_second"}
@@ -191,7 +191,8 @@ def test_early_stopping_when_validation_does_not_improve(data, tmp_path: Path) -
 
 def test_load_model_round_trip_and_predict_proba(data, tmp_path: Path) -> None:
     train_df, val_df = data
-    result = train_model(train_df, val_df, LABELS, cfg(epochs=1, max_train_batches=2), tmp_path, progress=False)
+    c = cfg(epochs=1, max_train_batches=2, ema_decay=0.0)  # best.pt = the trained weights themselves
+    result = train_model(train_df, val_df, LABELS, c, tmp_path, progress=False)
     model, meta = load_model(result.best_checkpoint)
     assert not model.training
     assert LabelSpace.from_dict(meta["label_space"]) == LABELS and meta["model_name"] == "simple_cnn"
@@ -212,3 +213,26 @@ def test_load_model_round_trip_and_predict_proba(data, tmp_path: Path) -> None:
 
     blanked = predict_proba(model, val_df, LABELS, spec, corruption=blank)
     assert np.allclose(blanked, blanked[0], atol=1e-6) and not np.allclose(blanked, probs, atol=1e-3)
+
+
+def test_weight_average_is_what_is_validated_and_kept(data, tmp_path: Path) -> None:
+    train_df, val_df = data
+    c = cfg(epochs=1, ema_decay=0.9)
+    result = train_model(train_df, val_df, LABELS, c, tmp_path, progress=False)
+    best = torch.load(result.best_checkpoint, weights_only=True)["model_state"]
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in last["ema_state"].items() if k.startswith("module.")}
+    assert averaged.keys() == best.keys() and int(last["ema_state"]["n_averaged"]) > 1
+    assert all(torch.equal(best[k], averaged[k]) for k in best)
+    raw = last["model_state"]
+    assert any(not torch.equal(best[k], raw[k]) for k in best if best[k].is_floating_point())
+    model, meta = load_model(result.best_checkpoint)
+    logits = model(torch.zeros(1, 3, *SHAPE))
+    assert logits.shape == (1, 3) and meta["cfg"]["ema_decay"] == 0.9
+
+
+def test_ties_in_validation_macro_f1_go_to_the_lower_loss() -> None:
+    assert _better({"val_macro_f1": 1.0, "val_loss": 0.1}, 1.0, 0.2)
+    assert not _better({"val_macro_f1": 1.0, "val_loss": 0.3}, 1.0, 0.2)
+    assert _better({"val_macro_f1": 0.9, "val_loss": 9.0}, 0.8, 0.1)
+    assert not _better({"val_macro_f1": 0.7, "val_loss": 0.0}, 0.8, 0.1)

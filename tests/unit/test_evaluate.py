@@ -146,11 +146,13 @@ def test_calibrate_threshold_best_precision_at_target():
     assert compute_metrics(y, proba, ["ok", "crack", "x"], 1, r["threshold"])["critical_recall"] == r["recall"]
 
 
-def test_calibrate_threshold_ties_take_the_highest_threshold():
+def test_calibrate_threshold_ties_take_the_threshold_that_catches_most():
     p = np.array([0.9, 0.8, 0.3])
     proba = np.c_[1 - p, p]
-    # t=0.9: R .5, P 1; t=0.8: R 1, P 1 -> both reach 0.5 with precision 1: the higher one wins.
-    assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=0.5)["edge_threshold"] == 0.9
+    # t=0.9: R .5, P 1; t=0.8: R 1, P 1 -> both reach 0.5 with precision 1: the lower one catches both criticals.
+    out = calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=0.5)
+    assert out["edge_threshold"] == 0.8
+    assert out["recall"] == 1.0 and out["precision"] == 1.0
     assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=1.0)["edge_threshold"] == 0.8
     # mid-gap: (0.8 + 0.3) / 2; the lowest candidate's gap reaches down to 0
     assert calibrate_threshold(np.array([1, 1, 0]), proba, 1, target_recall=1.0)["threshold"] == pytest.approx(0.55)
