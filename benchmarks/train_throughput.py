@@ -5,7 +5,8 @@
                                           [--loader N] [--workers W] [--json]
 
 Training: the bare loop of :func:`tasks.train.train_step` (forward, weighted cross-entropy, backward, AdamW step;
-AMP on CUDA and channels-last memory unless switched off) on random tensors already on the device. Inference: eval-mode
+mixed precision (float16 AMP on CUDA, bfloat16 autocast on CPUs with native bf16) and channels-last memory unless
+switched off) on random tensors already on the device. Inference: eval-mode
 forward under ``torch.inference_mode``. ``--loader N`` also writes N Severstal-sized (256x1600) grey JPEGs to a
 temporary folder and measures the training data pipeline alone (decode + augmentation + normalisation) through
 :func:`tasks.datasets.make_loader` with ``--workers`` worker processes: if it is slower than training, the GPU
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steelqc.tasks.data.datasets import InputSpec, ManifestDataset, make_loader
 from steelqc.tasks.data.labels import LabelSpace
-from steelqc.tasks.model.inference import autocast_context, select_device, to_device
+from steelqc.tasks.model.inference import autocast_context, cpu_supports_bf16, select_device, to_device
 from steelqc.tasks.model.models import MODEL_NAMES, build_model, count_parameters, set_train_mode
 from steelqc.tasks.model.train import train_step
 
@@ -47,12 +48,12 @@ def _sync(device: str) -> None:
 def measure_training(model: torch.nn.Module, args: argparse.Namespace, device: str) -> dict:
     """Images per second of the training step on random data resident on the device."""
     cuda = device.startswith("cuda")
-    amp, channels_last = cuda and not args.no_amp, not args.no_channels_last
+    amp, channels_last = (cuda or cpu_supports_bf16()) and not args.no_amp, not args.no_channels_last
     x = torch.randn(args.batch_size, 3, args.height, args.width, device=device)
     y = torch.randint(0, LABELS.num_classes, (args.batch_size,), device=device)
     criterion = torch.nn.CrossEntropyLoss(weight=torch.ones(LABELS.num_classes, device=device))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda" if cuda else "cpu", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
     set_train_mode(model)
     for _ in range(args.warmup):
         train_step(model, x, y, criterion, optimizer, scaler, device, amp, torch.float16, channels_last)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    parser.add_argument("--no-amp", action="store_true", help="no mixed precision (fp16 CUDA, bf16 CPU)")
     parser.add_argument("--no-channels-last", action="store_true", help="no channels-last memory")
     parser.add_argument("--loader", type=int, default=0, help="also time the data pipeline over N generated images")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for --loader")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
@@ -103,9 +104,13 @@ def train_step(
     _settings, mlflow_client = _mlflow(settings_overrides)
 
     def on_epoch(epoch: int, figures: dict) -> None:
-        for key, value in figures.items():
-            if isinstance(value, int | float) and key != "epoch":
-                mlflow_client.log_metric(run_id, key, float(value), step=epoch)
+        stamp = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), stamp, epoch)
+            for key, value in figures.items()
+            if isinstance(value, int | float) and key != "epoch"
+        ]
+        mlflow_client.log_batch(run_id, metrics=metrics)  # one store call per epoch
 
     write_state(Path(run_dir), status="training")
     train, val = load_split(run_dir, "train"), load_split(run_dir, "val")

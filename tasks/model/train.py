@@ -459,7 +459,7 @@ def _train_epoch(
     n_batches = len(loader) if cfg.max_train_batches is None else min(len(loader), cfg.max_train_batches)
     total = torch.zeros((), device=device)
     seen = 0
-    with tqdm(total=n_batches, desc=desc, unit="batch", file=sys.stderr, disable=not progress, leave=False) as bar:
+    with tqdm(total=n_batches, desc=desc, unit="batch", file=sys.stderr, disable=None if progress else True, leave=False) as bar:
         for i, (images, targets) in enumerate(loader):
             if i >= n_batches:
                 break

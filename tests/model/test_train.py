@@ -8,11 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from steelqc.tasks.config import load_settings
 from steelqc.tasks.data.datasets import InputSpec, class_weights
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.model.inference import CheckpointError, load_model, predict_proba, select_device
 from steelqc.tasks.model.models import build_model
-from steelqc.tasks.model.train import ResumeError, TrainConfig, _better, lr_at, train_model, train_step
+from steelqc.tasks.model.train import (
+    ResumeError,
+    TrainConfig,
+    _better,
+    lr_at,
+    resolve_config,
+    train_model,
+    train_step,
+)
 from tests.helpers import LABELS, SHAPE, blob_image, cfg
 
 TIMING_KEYS = {"seconds", "images_per_second"}
@@ -236,3 +245,15 @@ def test_ties_in_validation_macro_f1_go_to_the_lower_loss() -> None:
     assert not _better({"val_macro_f1": 1.0, "val_loss": 0.3}, 1.0, 0.2)
     assert _better({"val_macro_f1": 0.9, "val_loss": 9.0}, 0.8, 0.1)
     assert not _better({"val_macro_f1": 0.7, "val_loss": 0.0}, 0.8, 0.1)
+
+
+def test_the_tiny_profile_trained_twice_gives_identical_figures(data, tmp_path: Path) -> None:
+    """Same seed, same machine, same figures: every epoch's metrics, the kept weights and the predictions."""
+    train_df, val_df = data
+    tiny = resolve_config(load_settings(), {"epochs": 2}, profile="tiny")
+    runs = [train_model(train_df, val_df, LABELS, tiny, tmp_path / name, progress=False) for name in ("a", "b")]
+    assert without_timing(runs[0].history) == without_timing(runs[1].history)
+    weights = [torch.load(r.best_checkpoint, weights_only=True)["model_state"] for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    probs = [predict_proba(load_model(r.best_checkpoint)[0], val_df, LABELS, tiny.input_spec) for r in runs]
+    assert np.array_equal(probs[0], probs[1])
