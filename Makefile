@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/servers.py
 	$(BIN)/python benchmarks/feature_speed.py
 	$(BIN)/python benchmarks/monitor_speed.py
+	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) .steelqc .pytest_cache .ruff_cache .hypothesis

@@ -76,7 +76,8 @@ def run_one(data: str, critical: str, seed: int, recipe: str, overrides: dict, d
     settings = load_settings(seed=seed)
     result, written = ingest_to_folder(Path(data), settings, "auto", critical, prefix="train", require_valid=True)
     image_shape = (int(result.manifest["height"].median()), int(result.manifest["width"].median()))
-    cfg = resolve_config(settings, {"device": device, "threads": threads, **overrides}, image_shape=image_shape)
+    requested = {"device": device, "threads": threads, "image_channels": result.channels, **overrides}
+    cfg = resolve_config(settings, requested, image_shape=image_shape)
     run_dir = Path(written["out"])
     split_run_folder(run_dir, settings)
     space = LabelSpace(result.class_names, result.critical_class)

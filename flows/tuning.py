@@ -89,7 +89,7 @@ def tuning_flow_fn(
     overrides = settings_overrides or {}
     settings = settings_for(overrides)
     ingest = ingest_step(data, fmt, critical_class, overrides)
-    requested = {"model": model, "epochs": settings.tune_epochs}
+    requested = {"model": model, "epochs": settings.tune_epochs, "image_channels": ingest["channels"]}
     cfg = resolve_config(settings, requested, profile, tuple(ingest["image_shape"]))
     run_dir = run_folder_step(ingest, cfg.fingerprint(), False, overrides)
     split_step(run_dir, overrides)

@@ -319,8 +319,10 @@ class ManifestDataset(Dataset):
             self.cache = None
         hashes = [str(h) for h in frame["sha256"]] if "sha256" in frame else []
         self._sha256 = hashes if hashes and all(_SHA256.fullmatch(h) for h in hashes) else None
+        self._keys: list[CacheKey] = []
         if self.cache is not None:
             with ThreadPoolExecutor(max_workers=max(1, cache_threads)) as pool:
+                self._keys = list(pool.map(self.cache_key, range(len(self.paths))))
                 for _ in pool.map(self._cached, range(len(self.paths))):
                     pass
             log.info("image cache filled for %d images at %dx%d: %s", len(self), spec.height, spec.width,
@@ -350,7 +352,7 @@ class ManifestDataset(Dataset):
 
     def _cached(self, index: int) -> np.ndarray:
         assert self.cache is not None
-        return self.cache.get_or_load(self.cache_key(index), lambda: self._load_resized(index))
+        return self.cache.get_or_load(self._keys[index], lambda: self._load_resized(index))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self._cached(index) if self.cache is not None else self.load_raw(index)

@@ -119,7 +119,7 @@ class TrainConfig:
     amp_dtype: str = "float16"
     channels_last: bool = True
     max_train_batches: int | None = None
-    threads: int | None = None
+    threads: int | None = _DEFAULTS.threads
     cache_images: bool = _DEFAULTS.cache_images
     augment: str = _DEFAULTS.augment
     label_smoothing: float = _DEFAULTS.label_smoothing

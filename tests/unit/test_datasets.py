@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import WeightedRandomSampler
 
+from steelqc.tasks.data.cache import ImageCache
 from steelqc.tasks.data.datasets import (
     InputSpec,
     ManifestDataset,
@@ -185,6 +186,35 @@ def test_cache_gives_the_same_tensors(tmp_path: Path) -> None:
         if i:
             assert torch.allclose(plain[i][0], cached[i][0], atol=1e-5)
     assert cached[0][0].shape == (3, 32, 64)
+
+
+def test_disk_cache_serves_the_next_run_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = write_frame(tmp_path / "imgs", 4)
+    first_cache = ImageCache(tmp_path / "cache", 0, 10**7)  # disk only
+    first = ManifestDataset(frame, LABELS, SPEC, train=False, cache=first_cache)
+    assert first_cache.stats()["misses"] == 4
+    expected = [first[i][0] for i in range(4)]
+
+    def no_decoding(*args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("decoded although the disk cache holds the image")
+
+    monkeypatch.setattr("steelqc.tasks.data.datasets.read_image", no_decoding)
+    next_cache = ImageCache(tmp_path / "cache", 10**7, 10**7)  # the next night's run: a new process
+    again = ManifestDataset(frame, LABELS, SPEC, train=False, cache=next_cache)
+    assert all(torch.equal(again[i][0], expected[i]) for i in range(4))
+    assert next_cache.stats()["hits_disk"] == 4 and next_cache.stats()["misses"] == 0
+    other_size = InputSpec(height=16, width=32)
+    with pytest.raises(AssertionError, match="decoded although"):
+        ManifestDataset(frame, LABELS, other_size, train=False, cache=next_cache)  # another size: another key
+
+
+def test_memory_cache_is_bounded(tmp_path: Path) -> None:
+    frame = write_frame(tmp_path, 6)
+    one_image = SPEC.height * SPEC.width
+    cache = ImageCache(None, 2 * one_image, 0)
+    ManifestDataset(frame, LABELS, SPEC, train=False, cache=cache)
+    stats = cache.stats()
+    assert stats["entries_memory"] == 2 and stats["bytes_memory"] <= 2 * one_image and stats["evictions_memory"] == 4
 
 
 # ------------------------------------------------------------------------------------------------ balance / loaders

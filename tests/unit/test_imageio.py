@@ -86,20 +86,26 @@ def test_mode_1_is_0_or_255(tmp_path: Path, fmt: str) -> None:
     assert_decodes(save(tmp_path, Image.fromarray(bits), fmt), "1", bits.astype(np.int64) * 255)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "GIF"])
-def test_mode_P_is_the_luminance_of_the_palette_colour(tmp_path: Path, fmt: str) -> None:
+def palette_image(alpha: bool = False) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """A random-palette P image (PA with random alpha when ``alpha``), its palette and its index array."""
     palette = RNG.integers(0, 256, size=(256, 3), dtype=np.uint8)
     index = RNG.integers(0, 256, size=(H, W), dtype=np.uint8)
     image = Image.fromarray(index, "L").convert("P")
     image.putpalette(palette.flatten().tolist())
+    if alpha:
+        image = image.convert("PA")
+        image.putalpha(Image.fromarray(RNG.integers(0, 256, size=(H, W), dtype=np.uint8), "L"))
+    return image, palette, index
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "GIF"])
+def test_mode_P_is_the_luminance_of_the_palette_colour(tmp_path: Path, fmt: str) -> None:
+    image, palette, index = palette_image()
     assert_decodes(save(tmp_path, image, fmt), "P", luminance(palette[index]), atol=1)
 
 
 def test_mode_P_with_a_transparent_entry_ignores_transparency(tmp_path: Path) -> None:
-    palette = RNG.integers(0, 256, size=(256, 3), dtype=np.uint8)
-    index = RNG.integers(0, 256, size=(H, W), dtype=np.uint8)
-    image = Image.fromarray(index, "L").convert("P")
-    image.putpalette(palette.flatten().tolist())
+    image, palette, index = palette_image()
     image.info["transparency"] = int(index[0, 0])
     path = tmp_path / "t.png"
     image.save(path, transparency=int(index[0, 0]))
@@ -107,12 +113,7 @@ def test_mode_P_with_a_transparent_entry_ignores_transparency(tmp_path: Path) ->
 
 
 def test_mode_PA_drops_alpha(tmp_path: Path) -> None:
-    palette = RNG.integers(0, 256, size=(256, 3), dtype=np.uint8)
-    index = RNG.integers(0, 256, size=(H, W), dtype=np.uint8)
-    image = Image.fromarray(index, "L").convert("P")
-    image.putpalette(palette.flatten().tolist())
-    image = image.convert("PA")
-    image.putalpha(Image.fromarray(RNG.integers(0, 256, size=(H, W), dtype=np.uint8), "L"))
+    image, palette, index = palette_image(alpha=True)
     assert_decodes(save(tmp_path, image, "TIFF"), "PA", luminance(palette[index]), atol=1)
 
 
@@ -298,30 +299,19 @@ def test_rgb_mode_LA_is_grey_replicated_alpha_dropped(tmp_path: Path, fmt: str) 
 
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "GIF"])
 def test_rgb_mode_P_is_the_palette_colour(tmp_path: Path, fmt: str) -> None:
-    palette = RNG.integers(0, 256, size=(256, 3), dtype=np.uint8)
-    index = RNG.integers(0, 256, size=(H, W), dtype=np.uint8)
-    image = Image.fromarray(index, "L").convert("P")
-    image.putpalette(palette.flatten().tolist())
+    image, palette, index = palette_image()
     assert_decodes_rgb(save(tmp_path, image, fmt), "P", palette[index])
 
 
 def test_rgb_mode_P_with_a_transparent_entry_keeps_its_colour(tmp_path: Path) -> None:
-    palette = RNG.integers(0, 256, size=(256, 3), dtype=np.uint8)
-    index = RNG.integers(0, 256, size=(H, W), dtype=np.uint8)
-    image = Image.fromarray(index, "L").convert("P")
-    image.putpalette(palette.flatten().tolist())
+    image, palette, index = palette_image()
     path = tmp_path / "t.png"
     image.save(path, transparency=int(index[0, 0]))
     assert_decodes_rgb(path, "P", palette[index])
 
 
 def test_rgb_mode_PA_is_the_palette_colour_alpha_dropped(tmp_path: Path) -> None:
-    palette = RNG.integers(0, 256, size=(256, 3), dtype=np.uint8)
-    index = RNG.integers(0, 256, size=(H, W), dtype=np.uint8)
-    image = Image.fromarray(index, "L").convert("P")
-    image.putpalette(palette.flatten().tolist())
-    image = image.convert("PA")
-    image.putalpha(Image.fromarray(RNG.integers(0, 256, size=(H, W), dtype=np.uint8), "L"))
+    image, palette, index = palette_image(alpha=True)
     assert_decodes_rgb(save(tmp_path, image, "TIFF"), "PA", palette[index])
 
 
