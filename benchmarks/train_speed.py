@@ -1,7 +1,7 @@
 """Training speed: the pipeline against a plain fp32 torchvision loop, and what Prefect and MLflow add, in one run.
 
     python benchmarks/train_speed.py [--n-images 240] [--epochs 2] [--height 128 --width 800] [--batch-size 16]
-                                     [--threads 2] [--plain-steps 20] [--repeats 3] [--json]
+                                     [--threads 2] [--plain-steps 20] [--repeats 3] [--fp32] [--json]
 
 In one process, with the same torch threads:
 
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plain-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fp32", action="store_true", help="The pipeline without bf16 autocast (amp off).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
@@ -99,7 +100,7 @@ def main() -> None:
     settings = load_settings()
     ingest = ingest_step.fn(str(data), "auto", None, {})
     overrides = {"epochs": args.epochs, "height": args.height, "width": args.width, "threads": args.threads,
-                 "batch_size": args.batch_size, "device": "cpu"}  # fmt: skip
+                 "batch_size": args.batch_size, "device": "cpu", "amp": not args.fp32}  # fmt: skip
     cfg = resolve_config(settings, overrides, image_shape=tuple(ingest["image_shape"]))
     run_dir = run_folder_step.fn(ingest, cfg.fingerprint(), False, {})
     split_step.fn(run_dir, {})

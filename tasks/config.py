@@ -65,6 +65,7 @@ class TrainDefaults(BaseModel):
     augment: Literal["glare-v1", "light-v2"] = "light-v2"  # photometric preset (tasks/data/presets.py)
     label_smoothing: float = 0.0
     ema_decay: float = 0.99  # per-step decay of an exponential moving average of the weights; 0 = off
+    amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (README "Training speed")
     threads: int | None = None  # torch threads; None = the CPUs this process may use (affinity, cgroup quota)
 
 

@@ -115,7 +115,7 @@ class TrainConfig:
     weights_fallback: str = Settings.model_fields["weights_fallback"].default
     num_workers: int | None = _DEFAULTS.num_workers
     seed: int = DEFAULT_SEED
-    amp: bool = True
+    amp: bool = _DEFAULTS.amp
     amp_dtype: str = "float16"
     channels_last: bool = True
     max_train_batches: int | None = None
@@ -459,7 +459,8 @@ def _train_epoch(
     n_batches = len(loader) if cfg.max_train_batches is None else min(len(loader), cfg.max_train_batches)
     total = torch.zeros((), device=device)
     seen = 0
-    with tqdm(total=n_batches, desc=desc, unit="batch", file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+    bar_off = None if progress else True  # None: tqdm shows the bar only on a terminal
+    with tqdm(total=n_batches, desc=desc, unit="batch", file=sys.stderr, disable=bar_off, leave=False) as bar:
         for i, (images, targets) in enumerate(loader):
             if i >= n_batches:
                 break
