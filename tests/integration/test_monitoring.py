@@ -115,7 +115,9 @@ def test_drift_starts_one_retrain_per_cooldown_or_asks_for_labels(
     mine = [e for e in entries if e["monitoring_run"] == third["monitoring_run_id"]]
     assert third["review_queued"] == len(mine) >= 2 + 2
     assert all(Path(e["image"]).is_file() and e["source_uri"].startswith(str(folder)) for e in mine)
-    assert {"least-confident", "drift-sample"} <= {r for e in mine for r in e["reasons"]}
+    reasons = {r for e in mine for r in e["reasons"]}
+    # the drift sample is drawn from the images no other reason picked: none is left when every image was picked
+    assert "least-confident" in reasons and ("drift-sample" in reasons or len(mine) == N_DRIFT), mine
     assert any(e["source_uri"].startswith("s3://factory/inbox/") for e in entries)
 
     # every decision is in MLflow, newest first, with its figures
