@@ -365,7 +365,7 @@ def _ui_links(cfg: Settings, summary: dict, prefect_ui: str | None) -> dict[str,
 def train(
     data: Annotated[Path, typer.Option("--data", help="Data directory (Severstal layout or class folders).")],
     model: Annotated[str | None, typer.Option(help="simple_cnn, mobilenet_v2 (default) or resnet50.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs (early stopping may end sooner).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (fewer with early stopping on).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
     critical_class: Annotated[str | None, typer.Option("--critical-class", help="Safety-critical class.")] = None,
     approval: Annotated[str | None, typer.Option(help="auto or manual (default: STEELQC_APPROVAL).")] = None,
