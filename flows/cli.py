@@ -450,27 +450,57 @@ def evaluate(
 
 @app.command()
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files.")],
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (walked) or s3://bucket/prefix.")],
     model: Annotated[str, typer.Option("--model", help="Model URI.")] = "models:/steel-defect-classifier@champion",
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the records as CSV here.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any image could not be predicted.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Batch inference: label, probabilities and the critical flag for each image.
+    """Batch inference: label (under the calibrated threshold), probabilities and the critical flag for each image.
 
-    An unreadable image gets a record with ``error`` (and null label); the others are predicted (exit 0, or 1
-    under --strict)."""
+    Images stream (decoded on a thread pool while the model runs); each decision is appended to the decision log
+    (STEELQC_HOME/decisions/YYYY-MM-DD.jsonl). An unreadable image gets a record with ``error`` (and null label);
+    the others are predicted (exit 0, or 1 under --strict)."""
     from steelqc.flows.evaluation import predict_images  # noqa: PLC0415  (torch, MLflow: slow)
 
+    cfg = settings()
+    if csv_out is not None and (fault := _unusable_output_file(csv_out)):
+        _fail(f"--csv {csv_out}: {fault}", as_json, file=str(csv_out), row=None)
     try:
-        summary = predict_images(model, paths, settings())
+        summary = predict_images(model, paths, cfg, csv_path=csv_out, progress=True)
     except Exception as exc:
         _fail(f"cannot predict with {model}: {type(exc).__name__}: {exc}", as_json)
     for record in summary["predictions"]:
         if record.get("error"):
             log.error("%s: %s", record["image"], record["error"])
-    emit(summary, as_json, readable.predictions)
+    log.info(
+        "predicted %d images in %.1f s: %s images/s; decision log %s",
+        summary["n_images"], summary["seconds"], summary["images_per_second"], ", ".join(summary["decision_log"]),
+    )  # fmt: skip
+    emit(summary, as_json, _prediction_view)
     if strict and summary["failed"]:
         raise typer.Exit(1)
+
+
+def _unusable_output_file(path: Path) -> str | None:
+    """Why ``path`` cannot take an output file (a folder, or a parent that is a file), else None."""
+    if path.is_dir():
+        return "is a folder"
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        return f"{parent} is not a folder"
+    return None
+
+
+def _prediction_view(summary: dict) -> RenderableType:
+    """``predict`` without --json: the per-image lines and totals, then the throughput and the decision log."""
+    from rich.console import Group  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    rate = summary.get("images_per_second")
+    where = ", ".join(summary.get("decision_log") or []) or "not written"
+    extra = f"{rate} images/s; decision log {where}" + (f"; CSV {summary['csv']}" if summary.get("csv") else "")
+    return Group(readable.predictions(summary), Text(extra, style="dim"))
 
 
 @app.command()

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
 
 from steelqc.model_registry import packaging
 from steelqc.model_registry.reference import reference_of_uri
 from steelqc.model_registry.store import client, configure
+from steelqc.monitoring.inbox import InboxError, is_listed_name, open_inbox
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.ingest import ingest, new_run_dir, write_outputs
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.assess import assess
-from steelqc.tasks.features import Reference, extract
+from steelqc.tasks.model.batch_predict import (
+    DecisionLog,
+    Loaded,
+    Loader,
+    Scorer,
+    file_loader,
+    predict_stream,
+    torch_scorer,
+    walk_images,
+)
+from steelqc.tasks.model.inference import available_cpus
 from steelqc.tasks.model.models import gradcam_target_layer
 
 
@@ -54,65 +74,129 @@ def evaluate_model(model_uri: str, data: Path, settings: Settings, fmt: str = "a
     }
 
 
-def predict_images(model_uri: str, paths: list[Path], settings: Settings) -> dict:
-    """One record per image, in the order given: ``image``, ``label``, ``probabilities``, ``critical``, and the
+def predict_images(
+    model_uri: str,
+    paths: Iterable[str | Path],
+    settings: Settings,
+    *,
+    csv_path: Path | None = None,
+    progress: bool = False,
+    log_decisions: bool = True,
+) -> dict:
+    """One record per image, in the order given (a folder: its images in sorted order, walked lazily; an
+    ``s3://bucket/prefix``: its images, fetched one at a time): ``image``, ``sha256``, ``label`` (the decision
+    under the calibrated threshold), ``probabilities``, ``critical``, ``critical_probability``, and the
     ``novelty`` score and ``novel`` flag when the model version carries a drift reference (else null).
 
-    An image that cannot be read (missing, not a file, corrupt) gets ``label``, ``probabilities`` and ``critical``
-    null and an ``error``; the others are predicted as usual. ``failed`` counts those records.
+    Images stream through :func:`~steelqc.tasks.model.batch_predict.predict_stream` (bounded memory, decoding on
+    a thread pool while the model runs). An image that cannot be read (missing, not a file, corrupt) gets
+    ``label``, ``probabilities`` and ``critical`` null and an ``error``; the others are predicted as usual.
+    ``failed`` counts those records. Every record is appended to the decision log (``decisions_dir``, default
+    STEELQC_HOME/decisions) unless ``log_decisions`` is off, and written to ``csv_path`` when given.
     """
     configure(settings)
-    model = packaging.load(model_uri)
-    reference = reference_of_uri(client(settings), model_uri)
-    errors = {str(p): fault for p in paths if (fault := unreadable_image(Path(p)))}
-    good = [str(p) for p in paths if str(p) not in errors]
-    by_image = iter(_predicted(model, good, reference, settings) if good else [])
-    records = [
-        {"image": str(p), "label": None, "probabilities": None, "critical": None, "error": errors[str(p)]}
-        if str(p) in errors
-        else next(by_image)
-        for p in paths
-    ]
+    scorer = load_scorer(model_uri, settings)
+    folder = settings.decisions_dir or settings.home / "decisions"
+    records: list[dict] = []
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="steelqc-predict-")))
+        decisions = stack.enter_context(DecisionLog(folder, scorer.meta())) if log_decisions else None
+        writer = stack.enter_context(_CsvRecords(csv_path, scorer.label_space.names)) if csv_path else None
+        bar = stack.enter_context(tqdm(desc="predict", unit="img", file=sys.stderr, disable=not progress))
+        items = _items(paths, settings)
+        stream = predict_stream(
+            items, scorer, _loader(settings, tmp),
+            batch_size=settings.monitor_batch_size, workers=min(4, available_cpus()),
+        )  # fmt: skip
+        for record in stream:
+            if decisions is not None:
+                decisions.append(record)
+            if writer is not None:
+                writer.write(record)
+            records.append(record)
+            bar.update(1)
+    seconds = time.perf_counter() - started
     return {
-        "model": model_uri,
-        "threshold": model.threshold,
-        "critical_class": model.label_space.critical_class,
-        "novelty_threshold": reference.novelty.threshold if reference is not None else None,
+        **scorer.meta(),
+        "novelty_threshold": scorer.novelty_threshold,
         "predictions": records,
+        "n_images": len(records),
         "failed": sum(bool(r.get("error")) for r in records),
         "novel": sum(bool(r.get("novel")) for r in records),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
+        "decision_log": [str(p) for p in decisions.paths] if decisions is not None else [],
+        "csv": str(csv_path) if csv_path else None,
     }
 
 
-def _predicted(model: packaging.SteelDefectModel, paths: list[str], reference: Reference | None, settings: Settings):
-    """Records of readable images: one pass of the model gives the probabilities and the embedding."""
-    raw = extract(
-        model.model, model.architecture, model.spec, paths,
-        batch_size=settings.monitor_batch_size, device=model.device, progress=False,
+def load_scorer(model_uri: str, settings: Settings) -> Scorer:
+    """The :class:`~steelqc.tasks.model.batch_predict.Scorer` of a torch model (a registered ``models:/`` URI,
+    a run URI or a model folder), with its version's novelty reference when it has one."""
+    model = packaging.load(model_uri)
+    registry = client(settings)
+    reference = reference_of_uri(registry, model_uri)
+    version = packaging.registered_version(model_uri, registry)
+    return torch_scorer(
+        model.model, model.architecture, model.label_space, model.spec, model.threshold, model_uri,
+        model_version=str(version.version) if version is not None else None,
+        device=model.device, novelty=reference.novelty if reference is not None else None,
     )  # fmt: skip
-    chosen = model.decide(raw.proba)
-    scores = reference.novelty.score(raw.layers) if reference is not None else [None] * len(paths)
-    novel = reference.novelty.is_novel(scores) if reference is not None else [None] * len(paths)
-    names, space = model.label_space.names, model.label_space
-    for path, row, index, score, flag, error in zip(paths, raw.proba, chosen, scores, novel, raw.errors, strict=True):
-        if error:
-            fault = f"unreadable image: {error}"
-            yield {"image": path, "label": None, "probabilities": None, "critical": None, "error": fault}
-            continue
-        yield {
-            "image": path,
-            "label": names[index],
-            "label_id": space.id_of(int(index)),
-            "probabilities": dict(zip(names, map(float, row), strict=True)),
-            "critical": bool(index == space.critical_index),
-            "novelty": None if score is None else round(float(score), 4),
-            "novel": None if flag is None else bool(flag),
-        }
 
 
-def unreadable_image(path: Path) -> str | None:
-    """Why ``path`` cannot be predicted before it is opened (missing, not a regular file), in words for the error
-    record; a file that does not decode gets its reason from the feature pass, which decodes each image once."""
-    if not path.is_file():
-        return "no such file" if not path.exists() else "not a regular file"
-    return None
+def _items(paths: Iterable[str | Path], settings: Settings) -> Iterator[Any]:
+    """Each input lazily: a folder's images (walked in sorted order), an s3:// prefix's images (listed, then
+    fetched one at a time by the loader), any other path as given (a missing one gets its error record)."""
+    for entry in paths:
+        text = str(entry)
+        if text.startswith("s3://"):
+            inbox = open_inbox(text, settings)
+            yield from ((inbox, item) for item in inbox.list_items())
+        elif Path(text).is_dir():
+            yield from walk_images(Path(text), is_listed_name)
+        else:
+            yield Path(text)
+
+
+def _loader(settings: Settings, tmp: Path) -> Loader:
+    """Local paths read directly; S3 objects downloaded (checked against their listed ETag), read and removed."""
+    files = file_loader(settings.max_image_bytes)
+
+    def load(item: Any) -> Loaded:
+        if not isinstance(item, tuple):
+            return files(item)
+        inbox, entry = item
+        try:
+            local = inbox.fetch(entry, tmp)
+        except InboxError as exc:
+            return Loaded(entry.uri, error=str(exc))
+        try:
+            return Loaded(entry.uri, local.read_bytes())
+        finally:
+            local.unlink(missing_ok=True)
+
+    return load
+
+
+class _CsvRecords:
+    """Records as CSV rows, written as they come: one ``p_<class>`` column a class."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path, self.names = Path(path), list(names)
+        self.columns = ["image", "sha256", "label", "critical", "critical_probability"]
+        self.columns += [f"p_{n}" for n in self.names] + ["novelty", "novel", "error"]
+
+    def __enter__(self) -> _CsvRecords:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = self.path.open("w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.fh, self.columns, extrasaction="ignore")
+        self.writer.writeheader()
+        return self
+
+    def write(self, record: dict) -> None:
+        probabilities = record.get("probabilities") or {}
+        self.writer.writerow({**record, **{f"p_{n}": probabilities.get(n) for n in self.names}})
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()

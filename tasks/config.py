@@ -199,6 +199,10 @@ class Settings(BaseSettings):
         default=None, description="S3 server for s3:// inboxes and review queues (MinIO, ...); default AWS."
     )
     monitoring_experiment: str = "steel-monitoring"
+    decisions_dir: Path | None = Field(
+        default=None,
+        description="Decision log of `steelqc predict` (a JSONL file a UTC day); default STEELQC_HOME/decisions.",
+    )
     monitor_min_images: int = Field(
         default=200, ge=1, description="Images to wait for before a drift decision (the drift rule is set for 200+)."
     )
