@@ -550,6 +550,53 @@ def _run_monitor(cfg: Settings, incoming: str | None, as_json: bool) -> dict:
     raise AssertionError("unreachable")
 
 
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model URI.")] = "models:/steel-defect-classifier@champion",
+    out: Annotated[Path | None, typer.Option("--out", help="Export directory (new or empty).")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Training run folder (splits/) instead of the version's own.")
+    ] = None,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Try INT8 behind its gate.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model for CPUs in the plant: ONNX and OpenVINO IR (+ INT8 when it passes its gate), bundle.json,
+    parity.json; logged as artifacts of the version's run."""
+    from steelqc.model_registry.exports import export_registered  # noqa: PLC0415  (torch, MLflow: slow)
+    from steelqc.model_registry.store import client, configure  # noqa: PLC0415
+
+    cfg = settings()
+    configure(cfg)
+    target = out or cfg.home / "exports" / f"export-{uuid.uuid4().hex[:8]}"
+    fault = unusable_dir(target)
+    if fault:
+        _fail(f"--out {target}: {fault}", as_json, file=str(target))
+    if any(target.iterdir()):
+        _fail(f"--out {target}: not empty", as_json, file=str(target))
+    try:
+        summary = export_registered(model, target, client(cfg), data=data, int8=int8)
+    except Exception as exc:
+        _fail(f"cannot export {model}: {type(exc).__name__}: {exc}", as_json)
+    emit(summary if as_json else _export_view(summary), as_json)
+
+
+def _export_view(summary: dict) -> dict:
+    """The human summary of ``steelqc export``: where, formats, parity, latency, the INT8 verdict."""
+    parity = {k: v for k, v in summary["parity"].items() if isinstance(v, dict)}
+    return {
+        "export": summary["out"],
+        "formats": ", ".join(summary["formats"]),
+        "recommended": summary["recommended"],
+        "parity": {
+            fmt: f"max |Δp| {p['max_abs_diff']:.2e}, decisions agree {p['decision_agreement']:.0%} of {p['n_images']}"
+            for fmt, p in parity.items()
+        },
+        "latency (batch 1)": {fmt: f"{v['p50_ms']:.1f} ms" for fmt, v in summary["latency"].items()},
+        "int8": summary["int8"]["reason"],
+        "logged": summary.get("logged") or "not logged",
+    }
+
+
 registry = typer.Typer(help="Registry operations with an audit trail.", no_args_is_help=True)
 app.add_typer(registry, name="registry")
 
