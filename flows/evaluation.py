@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from steelqc.model_registry import packaging
 from steelqc.model_registry.reference import reference_of_uri
@@ -26,6 +22,7 @@ from steelqc.tasks.model.batch_predict import (
     Loaded,
     Loader,
     Scorer,
+    collect,
     file_loader,
     predict_stream,
     torch_scorer,
@@ -97,25 +94,15 @@ def predict_images(
     configure(settings)
     scorer = load_scorer(model_uri, settings)
     folder = settings.decisions_dir or settings.home / "decisions"
-    records: list[dict] = []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="steelqc-predict-")))
         decisions = stack.enter_context(DecisionLog(folder, scorer.meta())) if log_decisions else None
-        writer = stack.enter_context(_CsvRecords(csv_path, scorer.label_space.names)) if csv_path else None
-        bar = stack.enter_context(tqdm(desc="predict", unit="img", file=sys.stderr, disable=not progress))
-        items = _items(paths, settings)
         stream = predict_stream(
-            items, scorer, _loader(settings, tmp),
+            _items(paths, settings), scorer, _loader(settings, tmp),
             batch_size=settings.monitor_batch_size, workers=min(4, available_cpus()),
         )  # fmt: skip
-        for record in stream:
-            if decisions is not None:
-                decisions.append(record)
-            if writer is not None:
-                writer.write(record)
-            records.append(record)
-            bar.update(1)
+        records = collect(stream, decisions, csv_path, scorer.label_space.names, progress)
     seconds = time.perf_counter() - started
     return {
         **scorer.meta(),
@@ -177,26 +164,3 @@ def _loader(settings: Settings, tmp: Path) -> Loader:
             local.unlink(missing_ok=True)
 
     return load
-
-
-class _CsvRecords:
-    """Records as CSV rows, written as they come: one ``p_<class>`` column a class."""
-
-    def __init__(self, path: Path, names: list[str]):
-        self.path, self.names = Path(path), list(names)
-        self.columns = ["image", "sha256", "label", "critical", "critical_probability"]
-        self.columns += [f"p_{n}" for n in self.names] + ["novelty", "novel", "error"]
-
-    def __enter__(self) -> _CsvRecords:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = self.path.open("w", newline="", encoding="utf-8")
-        self.writer = csv.DictWriter(self.fh, self.columns, extrasaction="ignore")
-        self.writer.writeheader()
-        return self
-
-    def write(self, record: dict) -> None:
-        probabilities = record.get("probabilities") or {}
-        self.writer.writerow({**record, **{f"p_{n}": probabilities.get(n) for n in self.names}})
-
-    def __exit__(self, *exc: object) -> None:
-        self.fh.close()

@@ -21,11 +21,14 @@ day): time, image, content hash, model, version, format, threshold, probabilitie
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime as dt
 import hashlib
 import io
 import json
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
 from steelqc.tasks.data.datasets import InputSpec, build_transforms
@@ -361,3 +365,52 @@ class DecisionLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------------------ sinks
+
+
+class CsvRecords:
+    """Records as CSV rows, written as they come: one ``p_<class>`` column a class."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path, self.names = Path(path), list(names)
+        self.columns = ["image", "sha256", "label", "critical", "critical_probability"]
+        self.columns += [f"p_{n}" for n in self.names] + ["novelty", "novel", "error"]
+
+    def __enter__(self) -> CsvRecords:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = self.path.open("w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.fh, self.columns, extrasaction="ignore")
+        self.writer.writeheader()
+        return self
+
+    def write(self, record: dict) -> None:
+        probabilities = record.get("probabilities") or {}
+        self.writer.writerow({**record, **{f"p_{n}": probabilities.get(n) for n in self.names}})
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+
+def collect(
+    stream: Iterable[dict[str, Any]],
+    decisions: DecisionLog | None = None,
+    csv_path: Path | None = None,
+    names: list[str] | tuple[str, ...] = (),
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The records of ``stream`` as a list (small: no pixels), each appended to the decision log and the CSV as it
+    comes, with a progress bar on stderr when ``progress``."""
+    records: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(CsvRecords(csv_path, list(names))) if csv_path is not None else None
+        bar = stack.enter_context(tqdm(desc="predict", unit="img", file=sys.stderr, disable=not progress))
+        for record in stream:
+            if decisions is not None:
+                decisions.append(record)
+            if writer is not None:
+                writer.write(record)
+            records.append(record)
+            bar.update(1)
+    return records
