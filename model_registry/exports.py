@@ -74,7 +74,7 @@ def export_registered(
     source = {
         "model_uri": model_uri,
         "registered_model": version.name if version is not None else None,
-        "version": version.version if version is not None else None,
+        "version": str(version.version) if version is not None else None,
         "run_id": run_id,
         "training_run_dir": str(run_dir) if run_dir else None,
         "weights_sha256": model.bundle.get(packaging.WEIGHTS_TAG),

@@ -14,11 +14,13 @@ Every model file takes a float32 ``N x C x H x W`` batch named ``image`` (made b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -258,7 +260,8 @@ def quantize_openvino(xml_path: Path, out_xml: Path, calibration: np.ndarray) ->
 
     model = ov.Core().read_model(str(xml_path))
     items = [calibration[i : i + 1] for i in range(len(calibration))]
-    quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=max(1, len(items)))
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout stays for the command's JSON
+        quantized = nncf.quantize(model, nncf.Dataset(items), subset_size=max(1, len(items)))
     ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
     return out_xml
 
@@ -401,7 +404,10 @@ def _int8_candidates(root: Path, work: Path, calibration: np.ndarray) -> dict[st
 def _evaluate_int8(root: Path, request: ExportRequest, summary: dict[str, Any]) -> None:
     """Quantise, gate each candidate on the test split against FP32, keep the fastest that passes (if any)."""
     if not request.int8 or not request.calibration_paths or request.test_frame is None or not len(request.test_frame):
-        summary["int8"] = {"published": None, "reason": "INT8 skipped: no training images or no test split given"}
+        summary["int8"] = {
+            "published": None,
+            "reason": "INT8 skipped: not asked for, or no training images or test split",
+        }
         return
     space = request.label_space
     calibration = model_inputs(request.calibration_paths, request.spec, space)
