@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -38,6 +39,14 @@ def _split(run_dir: Path | None, name: str) -> pd.DataFrame | None:
         return None
     frame = pd.read_csv(run_dir / "splits" / f"{name}.csv")
     return frame[[Path(p).is_file() for p in frame["path"]]].reset_index(drop=True)
+
+
+def _spread(frame: pd.DataFrame | None, n: int) -> list[str]:
+    """Paths of ``n`` rows spread evenly over ``frame`` (splits are sorted by class: the first rows are one class)."""
+    if frame is None or not len(frame):
+        return []
+    rows = np.unique(np.linspace(0, len(frame) - 1, min(n, len(frame))).round().astype(int))
+    return [str(p) for p in frame["path"].iloc[rows]]
 
 
 def _training_run_dir(client: MlflowClient, run_id: str | None, data: Path | None) -> Path | None:
@@ -81,8 +90,8 @@ def export_registered(
     }
     request = ExportRequest(
         model=model.model, architecture=model.architecture, label_space=model.label_space, spec=model.spec,
-        threshold=model.threshold, source=source, parity_paths=list(pool["path"][:PARITY_IMAGES]),
-        calibration_paths=list(train["path"][:CALIBRATION_IMAGES]) if train is not None else [],
+        threshold=model.threshold, source=source, parity_paths=_spread(pool, PARITY_IMAGES),
+        calibration_paths=_spread(train, CALIBRATION_IMAGES),
         test_frame=test, int8=int8, threads=threads,
     )  # fmt: skip
     summary = export_model(request, out)
