@@ -477,7 +477,7 @@ def predict(
         "predicted %d images in %.1f s: %s images/s; decision log %s",
         summary["n_images"], summary["seconds"], summary["images_per_second"], ", ".join(summary["decision_log"]),
     )  # fmt: skip
-    emit(summary, as_json, _prediction_view)
+    emit(summary, as_json, readable.predictions)
     if strict and summary["failed"]:
         raise typer.Exit(1)
 
@@ -490,17 +490,6 @@ def _unusable_output_file(path: Path) -> str | None:
     if parent is not None and not parent.is_dir():
         return f"{parent} is not a folder"
     return None
-
-
-def _prediction_view(summary: dict) -> RenderableType:
-    """``predict`` without --json: the per-image lines and totals, then the throughput and the decision log."""
-    from rich.console import Group  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
-
-    rate = summary.get("images_per_second")
-    where = ", ".join(summary.get("decision_log") or []) or "not written"
-    extra = f"{rate} images/s; decision log {where}" + (f"; CSV {summary['csv']}" if summary.get("csv") else "")
-    return Group(readable.predictions(summary), Text(extra, style="dim"))
 
 
 @app.command()
