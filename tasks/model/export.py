@@ -437,24 +437,36 @@ def _gate_candidates(
     return candidates
 
 
-def _publish_int8(root: Path, summary: dict[str, Any], candidates: dict[str, Any], fp32: dict[str, Any]) -> None:
-    """Keep the fastest candidate that passed its gate (moved into ``root``), or record why none is published."""
+def choose_int8(candidates: dict[str, Any], fastest_fp32_ms: float) -> tuple[str | None, str]:
+    """The INT8 candidate to publish and why: the fastest that passed its gate, and only when it is faster than
+    the fastest float32 format (INT8 must earn its place); else None and the reason, candidate by candidate.
+    ``candidates``: name -> {"gate": {"passed", "reason"}, "latency": {"p50_ms"}}."""
     passing = {k: v for k, v in candidates.items() if v["gate"]["passed"]}
-    best = min(passing, key=lambda k: passing[k]["latency"]["p50_ms"]) if passing else None
-    fastest_fp32 = min(summary["latency"].values(), key=lambda v: v["p50_ms"])["p50_ms"]
-    reason = "no INT8 candidate passed the gate: " + "; ".join(
-        f"{k}: {v['gate']['reason']}" for k, v in candidates.items()
+    if not passing:
+        failed = "; ".join(f"{k}: {v['gate']['reason']}" for k, v in candidates.items())
+        return None, f"no INT8 candidate passed the gate: {failed or 'none was made'}"
+    best = min(passing, key=lambda k: passing[k]["latency"]["p50_ms"])
+    ms = passing[best]["latency"]["p50_ms"]
+    if ms >= fastest_fp32_ms:
+        return None, (
+            f"INT8 not published: {best} passed the gate but ran {ms:.2f} ms at batch 1, not faster than float32's "
+            f"{fastest_fp32_ms:.2f} ms"
+        )
+    return (
+        best,
+        f"{best} published ({ms:.2f} ms vs float32's {fastest_fp32_ms:.2f} ms): {passing[best]['gate']['reason']}",
     )
+
+
+def _publish_int8(root: Path, summary: dict[str, Any], candidates: dict[str, Any], fp32: dict[str, Any]) -> None:
+    """Move the chosen candidate (:func:`choose_int8`) into ``root``, or record why none is published."""
+    fastest_fp32 = min(v["p50_ms"] for v in summary["latency"].values())
+    best, reason = choose_int8(candidates, fastest_fp32)
     if best is not None:
         kept = "openvino-int8" if best.startswith("openvino") else "onnx-int8"
-        target = root / FORMAT_FILES[kept][0]
-        _move_model(Path(candidates[best]["path"]), target)
+        _move_model(Path(candidates[best]["path"]), root / FORMAT_FILES[kept][0])
         summary["formats"][kept] = list(FORMAT_FILES[kept])
         summary["latency"][kept] = candidates[best]["latency"]
-        slower = candidates[best]["latency"]["p50_ms"] >= fastest_fp32
-        reason = f"{best} published: {candidates[best]['gate']['reason']}" + (
-            "; note: not faster than FP32 here" if slower else ""
-        )
     for item in candidates.values():
         item.pop("path")
     summary["int8"] = {"published": best, "reason": reason, "fp32_test": fp32, "candidates": candidates}

@@ -152,3 +152,20 @@ def test_parity_counts_decision_flips_under_the_threshold() -> None:
     figures = ex.parity(a, b, critical_index=1, threshold=0.3)  # image 0: critical in a, not in b
     assert figures["disagreements"] == 1 and figures["decision_agreement"] == 0.5
     assert figures["max_abs_diff"] == pytest.approx(0.02, abs=1e-6)
+
+
+def _candidate(passed: bool, ms: float) -> dict:
+    return {"gate": {"passed": passed, "reason": "why"}, "latency": {"p50_ms": ms}}
+
+
+def test_choose_int8_keeps_the_fastest_passing_candidate() -> None:
+    candidates = {"a": _candidate(True, 3.0), "b": _candidate(True, 2.0), "c": _candidate(False, 1.0)}
+    best, reason = ex.choose_int8(candidates, fastest_fp32_ms=4.0)
+    assert best == "b" and reason.startswith("b published")
+
+
+def test_choose_int8_publishes_nothing_slower_than_fp32_or_failing() -> None:
+    best, reason = ex.choose_int8({"a": _candidate(True, 5.0)}, fastest_fp32_ms=4.0)
+    assert best is None and "not faster than float32's 4.00 ms" in reason
+    best, reason = ex.choose_int8({"a": _candidate(False, 1.0)}, fastest_fp32_ms=4.0)
+    assert best is None and reason == "no INT8 candidate passed the gate: a: why"
