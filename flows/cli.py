@@ -451,7 +451,9 @@ def evaluate(
 @app.command()
 def predict(
     paths: Annotated[list[str], typer.Argument(help="Image files, folders (walked) or s3://bucket/prefix.")],
-    model: Annotated[str, typer.Option("--model", help="Model URI.")] = "models:/steel-defect-classifier@champion",
+    model: Annotated[
+        str, typer.Option("--model", help="Model URI, or an export directory (steelqc export: ONNX / OpenVINO).")
+    ] = "models:/steel-defect-classifier@champion",
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the records as CSV here.")] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any image could not be predicted.")] = False,
     as_json: JsonOpt = False,

@@ -23,7 +23,9 @@ from steelqc.tasks.model.batch_predict import (
     Loader,
     Scorer,
     collect,
+    exported_scorer,
     file_loader,
+    is_export_dir,
     predict_stream,
     torch_scorer,
     walk_images,
@@ -119,8 +121,11 @@ def predict_images(
 
 
 def load_scorer(model_uri: str, settings: Settings) -> Scorer:
-    """The :class:`~steelqc.tasks.model.batch_predict.Scorer` of a torch model (a registered ``models:/`` URI,
-    a run URI or a model folder), with its version's novelty reference when it has one."""
+    """The :class:`~steelqc.tasks.model.batch_predict.Scorer` of an export directory (ONNX / OpenVINO, no novelty
+    score), or of a torch model (a registered ``models:/`` URI, a run URI or a model folder) with its version's
+    novelty reference when it has one."""
+    if is_export_dir(model_uri):
+        return exported_scorer(model_uri, threads=available_cpus())
     model = packaging.load(model_uri)
     registry = client(settings)
     reference = reference_of_uri(registry, model_uri)

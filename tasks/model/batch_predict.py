@@ -134,6 +134,33 @@ def torch_scorer(
     )  # fmt: skip
 
 
+def exported_scorer(root: Path | str, fmt: str | None = None, threads: int = 2) -> Scorer:
+    """A :class:`Scorer` for an export directory (``steelqc export``: ONNX or OpenVINO, bundle.json), loaded by
+    :func:`~steelqc.tasks.model.export.load_export` (checked, runs no code) in ``fmt`` (default: the bundle's
+    recommended format). Its model and version are the source the bundle records."""
+    from steelqc.tasks.model.export import load_export  # noqa: PLC0415  (ONNX Runtime / OpenVINO: slow)
+
+    exported = load_export(root, fmt, threads)
+    source = exported.bundle.get("source") or {}
+
+    def score(batch: np.ndarray) -> Scored:
+        return Scored(np.asarray(exported.run(batch), dtype=np.float32))
+
+    return Scorer(
+        score, exported.label_space, exported.spec, exported.threshold, str(root),
+        source.get("version"), exported.fmt, extra={"source": source},
+    )  # fmt: skip
+
+
+def is_export_dir(path: Path | str) -> bool:
+    """Whether ``path`` is an export directory (a bundle.json of the export format at its top)."""
+    bundle = Path(path) / "bundle.json"
+    try:
+        return bundle.is_file() and json.loads(bundle.read_text()).get("format", "").startswith("steelqc-export/")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 
