@@ -91,6 +91,32 @@ def test_predict_agrees_with_evaluate_and_logs_every_decision(champion: Champion
     assert set(f"p_{n}" for n in label_names) <= set(rows[0])
 
 
+def test_an_exported_model_predicts_what_evaluate_decides(champion: Champion, subset: Path, tmp_path: Path) -> None:
+    code, evaluated, stderr = run("evaluate", "--model", champion.uri, "--data", str(subset), "--json",
+                                  home=champion.home)  # fmt: skip
+    assert code == 0 and evaluated is not None, stderr[-3000:]
+    metrics = json.loads(Path(evaluated["artifacts"]["metrics"]).read_text())
+    by_image = dict(zip(metrics["predictions"]["image_id"], metrics["predictions"]["pred"], strict=True))
+    export_dir = tmp_path / "export"
+    code, exported, stderr = run("export", "--model", champion.uri, "--out", str(export_dir), "--no-int8", "--json",
+                                 home=champion.home)  # fmt: skip
+    assert code == 0 and exported is not None, stderr[-3000:]
+    code, predicted, stderr = run("predict", "--model", str(export_dir), str(subset / "train_images"), "--json",
+                                  home=champion.home)  # fmt: skip
+    assert code == 0 and predicted is not None, stderr[-3000:]
+    assert predicted["format"] in ("onnx", "openvino") and predicted["model"] == str(export_dir)
+    assert predicted["model_version"] == champion.summary["model_version"] and predicted["failed"] == 0
+    records = predicted["predictions"]
+    assert sorted(Path(r["image"]).name for r in records) == sorted(by_image)
+    names = list(records[0]["probabilities"])
+    for record in records:
+        assert names.index(record["label"]) == by_image[Path(record["image"]).name], record["image"]
+        assert record["novelty"] is None
+    lines = [json.loads(line) for p in predicted["decision_log"] for line in Path(p).read_text().splitlines()]
+    mine = [line for line in lines if line["model"] == str(export_dir)]
+    assert len(mine) == len(records) and {line["format"] for line in mine} == {predicted["format"]}
+
+
 def test_predict_reads_an_s3_prefix(champion: Champion, moto_s3: MotoS3, tmp_path: Path) -> None:
     images = sorted((champion.data / "train_images").glob("*.jpg"))[:3]
     s3 = moto_s3.client()
