@@ -1,13 +1,16 @@
 """`steelqc predict` over N generated 256x1600 images: images/s of the streaming batch predictor.
 
-    python benchmarks/predict_throughput.py [--images 1000] [--model mobilenet_v2|tiny] [--home DIR] [--json]
+    python benchmarks/predict_throughput.py [--images 1000] [--model mobilenet_v2|tiny] [--home DIR] [--export]
+                                            [--json]
 
 Runs the real CLI (a subprocess, ``--json``) on a folder of generated Severstal-format images
 (``tasks/data/synth.py``) against a champion: trained here in a fresh STEELQC_HOME by ``steelqc train`` (``--model
 mobilenet_v2``: the default profile, MobileNetV2 on CPU at 128x800, one epoch; ``--model tiny``: the tiny
 profile's simple CNN at 32x192), or the champion of an existing STEELQC_HOME (``--home``). Reported: the CLI's own
 images/s (streaming: read, hash, decode and preprocess on a thread pool while the model scores, the decision log
-written) and the wall time of the whole command (loading the model and its reference included).
+written) and the wall time of the whole command (loading the model and its reference included). ``--export``:
+also ``steelqc export --no-int8`` the champion and predict the same images with the export directory (its
+recommended format), reporting its images/s and how many decisions match the torch model's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("mobilenet_v2", "tiny"), default="mobilenet_v2")
     parser.add_argument("--train-images", type=int, default=120, help="Images the champion is trained on.")
     parser.add_argument("--home", type=Path, default=None, help="An existing STEELQC_HOME with a champion.")
+    parser.add_argument("--export", action="store_true", help="Also predict with the exported model.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -82,6 +86,17 @@ def main() -> None:
             "model": args.model if args.home is None else str(args.home),
             "cpu_count": os.cpu_count(),
         }
+        if args.export:
+            _cli(env, "export", "--out", str(work / "export"), "--no-int8")
+            exported = _cli(env, "predict", "--model", str(work / "export"), str(images / "train_images"))
+            pairs = zip(summary["predictions"], exported["predictions"], strict=True)
+            same = sum(a["label"] == b["label"] for a, b in pairs)
+            result["export"] = {
+                "format": exported["format"],
+                "images_per_second": exported["images_per_second"],
+                "stream_seconds": exported["seconds"],
+                "same_decisions": same,
+            }
         if args.json:
             print(json.dumps(result))
         else:
@@ -90,6 +105,12 @@ def main() -> None:
                 f"streaming ({result['stream_seconds']} s), {result['wall_seconds']} s wall with loading "
                 f"({result['wall_images_per_second']} images/s); {result['model']} on {result['cpu_count']} cores"
             )
+            if "export" in result:
+                ex = result["export"]
+                print(
+                    f"exported ({ex['format']}): {ex['images_per_second']} images/s streaming "
+                    f"({ex['stream_seconds']} s); {ex['same_decisions']}/{result['images']} decisions as torch's"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
