@@ -2,6 +2,7 @@
 
     python benchmarks/edge_latency.py [--n-images 120] [--epochs 1] [--height 128 --width 800] [--runs 50]
                                       [--baseline-runs 20] [--warm 5] [--no-avx2] [--json]
+    python benchmarks/edge_latency.py --show RESULT.json    # the table of a saved --json result
 
 1. Generates ``--n-images`` Severstal-format 256x1600 JPEGs (``tasks.data.synth.generate_dataset``) into a temporary
    ``STEELQC_HOME``, ingests and splits them as ``steelqc train`` does, trains MobileNetV2 (ImageNet weights from
@@ -310,6 +311,36 @@ def measure(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
     return rows
 
 
+def show(result: dict[str, Any]) -> None:
+    """The human table of a result (the ``--json`` object)."""
+    avx2, verdict = result["avx2"], result["verdict"]
+    n_train, int8 = result["images"]["train"], result["int8"]["reason"]
+    print(f"CPU ISA {result['cpu_isa']}; trained {result['epochs']} epoch(s) on {n_train} images in "
+          f"{result['train_seconds']} s; export {result['export_seconds']} s; INT8: {int8}")  # fmt: skip
+    head = ("row", "thr", "input", "model p50", "p95", "e2e p50", "p95", "x model", "x e2e")
+    print("{:44} {:>3} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6}".format(*head))
+    for r in result["rows"]:
+        m, e = r["model"], r["e2e"]
+        print(f"{r['name']:44} {r['threads']:>3} {r['input']:>9} {m['p50_ms']:>9.2f} {m['p95_ms']:>7.2f}"
+              f" {e['p50_ms']:>8.2f} {e['p95_ms']:>7.2f} {r['ratio_model']:>7.2f} {r['ratio_e2e']:>6.2f}")  # fmt: skip
+    for label in ("native", "avx2"):
+        res = avx2.get(label) or {}
+        for key in ("published", "torch_eager"):
+            if key not in res:
+                continue
+            r = res[key]
+            isa = r.get("isa", f"ATen {res.get('torch_cpu_capability')}")
+            isa = ", ".join(f"{n} {k}" for k, n in isa["primitives"].items()) if isinstance(isa, dict) else isa
+            what = avx2["format"] if key == "published" else "torch eager"
+            honoured = f"; ISA limit honoured: {r['limit_honoured']}" if r.get("limit_honoured") else ""
+            print(f"{label:6} subprocess, 2 threads, {what:14}: model p50 {r['model']['p50_ms']:.2f} ms, e2e p50 "
+                  f"{r['e2e']['p50_ms']:.2f} ms; kernels: {isa}{honoured}")  # fmt: skip
+    ok = lambda b: "met" if b else "MISSED"  # noqa: E731
+    print(f"verdict ({verdict['format']}, 2 threads): model {verdict['model_p50_ms']:.2f} ms (≤ {TARGET_MODEL_MS}: "
+          f"{ok(verdict['model_target_met'])}), end to end {verdict['e2e_p50_ms']:.2f} ms (≤ {TARGET_E2E_MS}: "
+          f"{ok(verdict['e2e_target_met'])})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=120)
@@ -321,6 +352,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=5)
     parser.add_argument("--no-avx2", action="store_true", help="Skip the AVX2-limited subprocess.")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--show", metavar="JSON_FILE", help="Print the table of a saved --json result and exit.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-format", help=argparse.SUPPRESS)
     parser.add_argument("--child-threads", type=int, default=2, help=argparse.SUPPRESS)
@@ -330,6 +362,9 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     if args.child:
         child(args)
+        return
+    if args.show:
+        show(json.loads(Path(args.show).read_text()))
         return
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="steelqc-edge-latency-"))
@@ -370,30 +405,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, default=str))
         return
-    print(f"CPU ISA {result['cpu_isa']}; trained {args.epochs} epoch(s) on {ctx['n_train']} images in "
-          f"{ctx['train_seconds']} s; export {ctx['export_seconds']} s; INT8: {result['int8']['reason']}")  # fmt: skip
-    head = ("row", "thr", "input", "model p50", "p95", "e2e p50", "p95", "x model", "x e2e")
-    print("{:44} {:>3} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>6}".format(*head))
-    for r in result["rows"]:
-        m, e = r["model"], r["e2e"]
-        print(f"{r['name']:44} {r['threads']:>3} {r['input']:>9} {m['p50_ms']:>9.2f} {m['p95_ms']:>7.2f}"
-              f" {e['p50_ms']:>8.2f} {e['p95_ms']:>7.2f} {r['ratio_model']:>7.2f} {r['ratio_e2e']:>6.2f}")  # fmt: skip
-    for label in ("native", "avx2"):
-        res = avx2.get(label) or {}
-        for key in ("published", "torch_eager"):
-            if key not in res:
-                continue
-            r = res[key]
-            isa = r.get("isa", f"ATen {res.get('torch_cpu_capability')}")
-            isa = ", ".join(f"{n} {k}" for k, n in isa["primitives"].items()) if isinstance(isa, dict) else isa
-            what = avx2["format"] if key == "published" else "torch eager"
-            honoured = f"; ISA limit honoured: {r['limit_honoured']}" if r.get("limit_honoured") else ""
-            print(f"{label:6} subprocess, 2 threads, {what:14}: model p50 {r['model']['p50_ms']:.2f} ms, e2e p50 "
-                  f"{r['e2e']['p50_ms']:.2f} ms; kernels: {isa}{honoured}")  # fmt: skip
-    ok = lambda b: "met" if b else "MISSED"  # noqa: E731
-    print(f"verdict ({verdict['format']}, 2 threads): model {verdict['model_p50_ms']:.2f} ms (≤ {TARGET_MODEL_MS}: "
-          f"{ok(verdict['model_target_met'])}), end to end {verdict['e2e_p50_ms']:.2f} ms (≤ {TARGET_E2E_MS}: "
-          f"{ok(verdict['e2e_target_met'])})")  # fmt: skip
+    show(result)
 
 
 if __name__ == "__main__":
