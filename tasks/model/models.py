@@ -10,9 +10,10 @@ description always says which weights were really used.
 
 * ``simple_cnn``: the first k of its 3 conv blocks (0-3).
 * ``resnet50``: k >= 1 freezes the stem (conv1, bn1) and layer1..layer k (0-4).
-* ``mobilenet_v2``: the first k of 5 groups of ``features`` split where the resolution drops: [0:2] (stem + first
-  block, stride 2), [2:4] (stride 4), [4:7] (stride 8), [7:14] (stride 16), [14:18] (stride 32) (0-5); the final
-  1x1 conv ``features[18]`` and the head always train.
+* ``mobilenet_v2`` (and ``mobilenet_v2_050``, the same network at width 0.5: a distillation student, README
+  "Distillation"; no ImageNet weights exist for it): the first k of 5 groups of ``features`` split where the
+  resolution drops: [0:2] (stem + first block, stride 2), [2:4] (stride 4), [4:7] (stride 8), [7:14] (stride 16),
+  [14:18] (stride 32) (0-5); the final 1x1 conv ``features[18]`` and the head always train.
 
 Frozen parameters get ``requires_grad=False``; call :func:`set_train_mode` instead of ``model.train()`` so their
 BatchNorm layers keep their running statistics.
@@ -38,7 +39,9 @@ from steelqc.tasks.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("simple_cnn", "resnet50", "mobilenet_v2")
+MODEL_NAMES = ("simple_cnn", "resnet50", "mobilenet_v2", "mobilenet_v2_050")
+WIDTHS = {"mobilenet_v2_050": ("mobilenet_v2", 0.5)}
+"""Width variants: the torchvision builder and its ``width_mult`` (same layers, fewer channels)."""
 WEIGHTS_CHOICES = ("none", "imagenet")
 FALLBACKS = ("none", "fail")
 IMAGENET_TAG = "IMAGENET1K_V1"
@@ -50,6 +53,11 @@ OFFLINE_MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 OFFLINE_MOBILENET_SHA_PREFIX = "b0353104"
 MOBILENET_FREEZE_GROUPS = ((0, 2), (2, 4), (4, 7), (7, 14), (14, 18))
 MAX_FREEZE = {"simple_cnn": 3, "resnet50": 4, "mobilenet_v2": len(MOBILENET_FREEZE_GROUPS)}
+
+
+def family(name: str) -> str:
+    """The architecture whose layer layout ``name`` shares (``mobilenet_v2_050`` -> ``mobilenet_v2``)."""
+    return WIDTHS[name][0] if name in WIDTHS else name
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -87,6 +95,7 @@ class SimpleCNN(nn.Module):
 
 
 def _replace_head(model: nn.Module, name: str, num_classes: int) -> None:
+    name = family(name)
     if name == "resnet50":
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     elif name == "mobilenet_v2":
@@ -158,6 +167,9 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 
 def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    if name in WIDTHS:
+        builder_name, width = WIDTHS[name]
+        return getattr(torchvision.models, builder_name)(weights=None, width_mult=width)
     builder = getattr(torchvision.models, name)
     if not pretrained:
         return builder(weights=None)
@@ -192,7 +204,7 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _head_prefixes(name: str) -> tuple[str, ...]:
-    return {"simple_cnn": ("classifier.",), "resnet50": ("fc.",), "mobilenet_v2": ("classifier.",)}[name]
+    return {"simple_cnn": ("classifier.",), "resnet50": ("fc.",), "mobilenet_v2": ("classifier.",)}[family(name)]
 
 
 def load_weights_file(model: nn.Module, name: str, path: Path) -> str:
@@ -216,6 +228,7 @@ def load_weights_file(model: nn.Module, name: str, path: Path) -> str:
 
 
 def _freeze_modules(model: nn.Module, name: str, stages: int) -> list[nn.Module]:
+    name = family(name)
     if name == "simple_cnn":
         return list(model.features[:stages])
     if name == "resnet50":
@@ -227,8 +240,9 @@ def _freeze_modules(model: nn.Module, name: str, stages: int) -> list[nn.Module]
 
 def apply_freeze(model: nn.Module, name: str, stages: int) -> int:
     """Freeze the first ``stages`` stages (see module doc); returns the number of frozen parameters."""
-    if not 0 <= stages <= MAX_FREEZE[name]:
-        raise ValueError(f"freeze_stages for {name} must be in 0..{MAX_FREEZE[name]}, got {stages}")
+    most = MAX_FREEZE[family(name)]
+    if not 0 <= stages <= most:
+        raise ValueError(f"freeze_stages for {name} must be in 0..{most}, got {stages}")
     frozen = 0
     for module in _freeze_modules(model, name, stages):
         for param in module.parameters():
@@ -295,6 +309,7 @@ def build_model(
 def gradcam_target_layer(model: nn.Module, name: str) -> nn.Module:
     """The last conv block, where Grad-CAM looks: simple_cnn features[-1], resnet50 layer4[-1], mobilenet_v2
     features[-1]."""
+    name = family(name)
     if name == "simple_cnn":
         return model.features[-1]
     if name == "resnet50":
@@ -306,6 +321,7 @@ def gradcam_target_layer(model: nn.Module, name: str) -> nn.Module:
 
 def head_layer(model: nn.Module, name: str) -> nn.Linear:
     """The final linear layer: its input is the penultimate-layer embedding (drift and novelty features)."""
+    name = family(name)
     if name == "simple_cnn":
         return model.classifier
     if name == "resnet50":
@@ -319,6 +335,7 @@ def novelty_layers(model: nn.Module, name: str) -> list[nn.Module]:
     """Blocks from early texture to late class features whose pooled outputs the novelty score reads: an unseen
     defect type may look familiar to the last layer, which training shaped to the known classes, and still stand
     out in the earlier ones (MobileNetV2: the ends of the 32-, 64-, 96-, 160-channel stages and the last conv)."""
+    name = family(name)
     if name == "simple_cnn":
         return list(model.features)
     if name == "resnet50":

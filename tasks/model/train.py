@@ -57,6 +57,14 @@ from steelqc.tasks.data.datasets import (
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.presets import check_augment
 from steelqc.tasks.fileio import atomic_write
+from steelqc.tasks.model.distill import (
+    DistillationError,
+    DistillationLoss,
+    Teacher,
+    check_teacher,
+    prepare_teacher,
+    teacher_logits,
+)
 from steelqc.tasks.model.inference import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -124,6 +132,9 @@ class TrainConfig:
     augment: str = _DEFAULTS.augment
     label_smoothing: float = _DEFAULTS.label_smoothing
     ema_decay: float = _DEFAULTS.ema_decay
+    distill_from: str | None = None
+    distill_temperature: float = _DEFAULTS.distill_temperature
+    distill_alpha: float = _DEFAULTS.distill_alpha
     height: int | None = _DEFAULTS.height
     width: int | None = _DEFAULTS.width
     channels: int = 3
@@ -152,6 +163,7 @@ class TrainConfig:
         "normalize",
         "image_channels",
     )
+    DISTILL_FIELDS: ClassVar[tuple[str, ...]] = ("distill_from", "distill_temperature", "distill_alpha")
 
     def __post_init__(self) -> None:
         if self.height is None or self.width is None or self.num_workers is None:
@@ -172,6 +184,8 @@ class TrainConfig:
             raise ValueError("max_train_batches must be None or >= 1")
         if not 0.0 <= self.label_smoothing < 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("label_smoothing and ema_decay must lie in [0, 1)")
+        if self.distill_temperature <= 0 or not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
         check_augment(self.augment)
         _ = self.input_spec  # raises ValueError on bad input fields
 
@@ -199,7 +213,9 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def fingerprint_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.FINGERPRINT_FIELDS}
+        """The trajectory settings; the distillation ones only when distilling (other runs keep their hash)."""
+        names = self.FINGERPRINT_FIELDS + (self.DISTILL_FIELDS if self.distill_from else ())
+        return {k: getattr(self, k) for k in names}
 
     def fingerprint(self) -> str:
         """Stable hash of the settings that matter for resuming."""
@@ -322,14 +338,23 @@ def train_step(
     amp: bool = False,
     amp_dtype: torch.dtype = torch.float16,
     channels_last: bool = False,
+    teacher: tuple[nn.Module, tuple[int, int]] | None = None,
 ) -> torch.Tensor:
-    """One forward/backward/optimizer step; returns the (detached, on-device) batch loss."""
+    """One forward/backward/optimizer step; returns the (detached, on-device) batch loss.
+
+    ``teacher``: a frozen teacher and its input ``(height, width)``; ``criterion`` is then a
+    :class:`~steelqc.tasks.model.distill.DistillationLoss` and also gets the teacher's logits for the same batch.
+    """
     images = to_device(images, device, channels_last)
     targets = targets.to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
     with autocast_context(device, amp, amp_dtype):
         logits = model(images)
-    loss = criterion(logits.float(), targets)
+        soft_targets = teacher_logits(teacher[0], images, teacher[1]) if teacher is not None else None
+    if soft_targets is None:
+        loss = criterion(logits.float(), targets)
+    else:
+        loss = criterion(logits.float(), targets, soft_targets)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -397,6 +422,8 @@ def _check_resume(state: dict[str, Any], cfg: TrainConfig, label_space: LabelSpa
         problems.append(f"label space: checkpoint {state['label_space']}, now {label_space.to_dict()}")
     if state.get("data_digest") != digest:
         problems.append("the train/validation images or labels differ from the checkpoint's")
+    if saved.distill_from != cfg.distill_from:
+        problems.append(f"distill_from: checkpoint {saved.distill_from!r}, now {cfg.distill_from!r}")
     if problems:
         raise ResumeError("cannot resume from a run with other settings: " + "; ".join(problems))
 
@@ -452,6 +479,7 @@ def _train_epoch(
     desc: str,
     progress: bool,
     ema: torch.optim.swa_utils.AveragedModel | None = None,
+    teacher: tuple[nn.Module, tuple[int, int]] | None = None,
 ) -> tuple[float, int]:
     """One pass over (at most ``max_train_batches`` of) the loader; mean loss and images seen."""
     set_train_mode(model)
@@ -464,7 +492,7 @@ def _train_epoch(
         for i, (images, targets) in enumerate(loader):
             if i >= n_batches:
                 break
-            loss = train_step(model, images, targets, criterion, optimizer, scaler, device, amp, dtype, cl)
+            loss = train_step(model, images, targets, criterion, optimizer, scaler, device, amp, dtype, cl, teacher)
             if ema is not None:
                 ema.update_parameters(model)
             total += loss * len(targets)
@@ -496,8 +524,12 @@ def train_model(
     resume: bool = False,
     progress: bool = True,
     image_cache: ImageCache | None = None,
+    teacher: Teacher | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``train_df``, pick the best epoch on ``val_df``; see the module doc.
+
+    ``teacher``: the loaded ``cfg.distill_from`` model (required then, refused otherwise): the loss becomes
+    :class:`~steelqc.tasks.model.distill.DistillationLoss` with ``cfg.distill_temperature``/``distill_alpha``.
 
     ``image_cache``: where decoded images are kept when ``cfg.cache_images`` (default: the settings' cache, on disk
     under ``STEELQC_HOME`` across runs).
@@ -505,6 +537,13 @@ def train_model(
     start = time.perf_counter()
     if len(train_df) == 0 or len(val_df) == 0:
         raise ValueError(f"need training and validation images, got {len(train_df)} and {len(val_df)}")
+    if bool(cfg.distill_from) != (teacher is not None):
+        raise DistillationError(
+            f"distill_from is {cfg.distill_from!r} but {'a' if teacher is not None else 'no'} teacher model was "
+            "given: load the teacher (steelqc train --distill-from URI) or leave distill_from unset"
+        )
+    if teacher is not None:
+        check_teacher(teacher, label_space, cfg.input_spec)
     ckpt_dir = Path(out_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -553,9 +592,13 @@ def train_model(
     )
     val_loader = make_loader(val_ds, max(cfg.batch_size, 32), False, False, cfg.num_workers, device, cfg.seed)
     loss_weights = class_weights(train_ds.labels, label_space.num_classes) if cfg.weighted_loss else None
-    criterion = nn.CrossEntropyLoss(
+    criterion: nn.Module = nn.CrossEntropyLoss(
         weight=loss_weights.to(device) if loss_weights is not None else None, label_smoothing=cfg.label_smoothing
     )
+    taught = None
+    if teacher is not None:
+        criterion = DistillationLoss(criterion, cfg.distill_temperature, cfg.distill_alpha)
+        taught = (prepare_teacher(teacher, device, cfg.channels_last), (teacher.spec.height, teacher.spec.width))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp_on = _use_amp(cfg, device)
@@ -581,6 +624,11 @@ def train_model(
         best_f1, best_epoch = float(state["best_val_macro_f1"]), int(state["best_epoch"])
         bad_epochs, first_epoch = int(state["bad_epochs"]), int(state["epoch"])
     meta = _metadata(cfg, label_space, weights_used)
+    if teacher is not None:
+        log.info(
+            "distilling from %s (temperature %s, soft weight %s)", teacher.uri, cfg.distill_temperature,
+            cfg.distill_alpha,
+        )  # fmt: skip
     log.info(
         "training %s on %s (%d threads, %s): %d train / %d val images, weights %s",
         cfg.model,
@@ -602,7 +650,7 @@ def train_model(
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         train_loss, seen = _train_epoch(
             model, train_loader, criterion, optimizer, scaler, device, cfg, f"epoch {epoch + 1}/{cfg.epochs}", progress,
-            ema,
+            ema, taught,
         )  # fmt: skip
         train_seconds = time.perf_counter() - t0
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, **_validate(scored, val_loader, device, cfg), "lr": lr}
