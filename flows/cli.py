@@ -364,7 +364,9 @@ def _ui_links(cfg: Settings, summary: dict, prefect_ui: str | None) -> dict[str,
 @app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", help="Data directory (Severstal layout or class folders).")],
-    model: Annotated[str | None, typer.Option(help="simple_cnn, mobilenet_v2 (default) or resnet50.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="simple_cnn, mobilenet_v2 (default), mobilenet_v2_050 (a student) or resnet50.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (fewer with early stopping on).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
     critical_class: Annotated[str | None, typer.Option("--critical-class", help="Safety-critical class.")] = None,
@@ -377,6 +379,11 @@ def train(
     width: Annotated[int | None, typer.Option(help="Input width.")] = None,
     weights: Annotated[str | None, typer.Option(help="imagenet, none or a state-dict file.")] = None,
     freeze_stages: Annotated[int | None, typer.Option(min=0, max=5)] = None,
+    distill_from: Annotated[
+        str | None, typer.Option(help="Teacher model URI (models:/steelqc@champion): learn from its soft labels.")
+    ] = None,
+    distill_temperature: Annotated[float | None, typer.Option(min=0.01, help="Softening temperature (4).")] = None,
+    distill_alpha: Annotated[float | None, typer.Option(min=0, max=1, help="Weight of the soft labels (0.5).")] = None,
     require_promotion: Annotated[bool, typer.Option(help="Exit 1 unless the model became champion.")] = False,
     tune_trials: Annotated[int, typer.Option(min=0, help="Optuna trials before the final training (total).")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Parallel tuning workers on this machine.")] = 1,
@@ -385,6 +392,7 @@ def train(
     """Run the training pipeline: ingest, split, (tune,) train, evaluate, gate, register and promote."""
     cfg, prefect_ui = _training_settings(approval, as_json), _prefect_ui()
     sizes = dict(batch_size=batch_size, lr=lr, height=height, width=width, weights=weights, freeze_stages=freeze_stages)
+    sizes.update(distill_from=distill_from, distill_temperature=distill_temperature, distill_alpha=distill_alpha)
     run = dict(model=model, epochs=epochs, fmt=fmt, critical_class=critical_class, approval=approval, resume=resume)
     summary = _run_training(
         as_json, data=str(data), profile=profile, train_overrides=sizes, tune_trials=tune_trials, tune_workers=workers,

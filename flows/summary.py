@@ -253,6 +253,7 @@ def _train_line(train: Mapping | None) -> str | None:
     return (
         f"{epochs} epoch{'' if epochs == 1 else 's'} on {train.get('device')}, best epoch {train.get('best_epoch')} "
         f"(val macro-F1 {number(train.get('best_val_macro_f1'))}), {number(train.get('seconds'), 1)} s"
+        + (f", distilled from {train['teacher']}" if train.get("teacher") else "")
     )
 
 

@@ -36,6 +36,7 @@ from steelqc.tasks.config import Settings
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.assess import Evaluation, evaluate_run
+from steelqc.tasks.model.distill import DistillationError
 from steelqc.tasks.model.train import TrainConfig, TrainResult, resolve_config, train_model
 from steelqc.tasks.runs import code_version, read_state, write_state
 
@@ -96,6 +97,17 @@ def _new_mlflow_run(run_dir: Path, ingest: dict, cfg: dict) -> str:
     return run_id
 
 
+@task(name="teacher")
+def teacher_step(model_uri: str | None, tune_trials: int, settings_overrides: dict) -> dict:
+    """``--distill-from``: the teacher pinned to the version it names now (README "Distillation"); {} without one."""
+    if not model_uri:
+        return {}
+    if tune_trials > 0:
+        raise DistillationError("--distill-from cannot be combined with tuning: tune the student alone first")
+    _settings, mlflow_client = _mlflow(settings_overrides)
+    return {"distill_from": packaging.pinned_uri(model_uri, mlflow_client)}
+
+
 @task(name="train")
 def train_step(
     run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: bool, settings_overrides: dict
@@ -115,7 +127,8 @@ def train_step(
     write_state(Path(run_dir), status="training")
     train, val = load_split(run_dir, "train"), load_split(run_dir, "val")
     space, config = LabelSpace.from_dict(label_space), TrainConfig.from_dict(cfg)
-    result = train_model(train, val, space, config, Path(run_dir), on_epoch=on_epoch, resume=resume)
+    teacher = packaging.load_teacher(config.distill_from) if config.distill_from else None
+    result = train_model(train, val, space, config, Path(run_dir), on_epoch=on_epoch, resume=resume, teacher=teacher)
     mlflow_client.log_param(run_id, "weights_used", result.weights_used)
     mlflow_client.log_param(run_id, "device", result.device)
     mlflow_client.set_tag(run_id, "steelqc.best_epoch", str(result.best_epoch))
@@ -348,6 +361,7 @@ def training_pipeline(
     ingest = ingest_step(data, fmt, critical_class, overrides)
     # the data decides grey (1) or colour (3) decoding (ingest's `channels`, README "Data"); it joins the input spec
     requested = {"model": model, "epochs": epochs, "image_channels": ingest["channels"], **(train_overrides or {})}
+    requested.update(teacher_step(requested.get("distill_from"), tune_trials, overrides))
     cfg = resolve_config(settings, requested, profile, tuple(ingest["image_shape"]))
     run_dir = run_folder_step(ingest, cfg.fingerprint(), resume, overrides)
     ingest = _in_run_folder(ingest, run_dir)

@@ -54,6 +54,7 @@ from steelqc.model_registry import policy, promotion
 from steelqc.tasks.data.datasets import InputSpec
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
+from steelqc.tasks.model.distill import DistillationError, Teacher
 from steelqc.tasks.model.inference import load_model as load_checkpoint
 from steelqc.tasks.model.inference import predict_proba, select_device
 
@@ -437,6 +438,26 @@ def load(model_uri: str, device: str | None = None) -> SteelDefectModel:
         model = SteelDefectModel().load(private.weights, private.bundle, device)
     log.info("loaded %s (%s) from %s", model_uri, model.architecture, files.root)
     return model
+
+
+def pinned_uri(model_uri: str, client: MlflowClient | None = None) -> str:
+    """``models:/name@alias`` -> ``models:/name/N``, the version the alias names now (an alias may move while a run
+    uses it); other URIs unchanged. A URI that names no version raises :class:`DistillationError` (bad input)."""
+    try:
+        version = registered_version(model_uri, client)
+    except MlflowException as exc:
+        raise DistillationError(f"teacher {model_uri}: {exc.message}") from exc
+    return f"models:/{version.name}/{version.version}" if version is not None else model_uri
+
+
+def load_teacher(model_uri: str) -> Teacher:
+    """A distillation teacher, loaded as every model is (:func:`load`: weights only, hashes checked), on the CPU
+    (training moves it to its device)."""
+    try:
+        model = load(model_uri, device="cpu")
+    except MlflowException as exc:
+        raise DistillationError(f"teacher {model_uri}: {exc.message}") from exc
+    return Teacher(model.model, model.spec, model.label_space, model_uri)
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> PyfuncModel:

@@ -236,6 +236,7 @@ class TrainResult:
     device: str
     resumed_from_epoch: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    teacher: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -251,6 +252,7 @@ class TrainResult:
         "weights_used",
         "seconds",
         "device",
+        "teacher",
     )
 
     def summary(self) -> dict[str, Any]:
@@ -462,6 +464,7 @@ def _result(state: dict[str, Any], ckpt_dir: Path, seconds: float, device: str, 
         device=device,
         resumed_from_epoch=resumed_from,
         config=dict(state["cfg"]),
+        teacher=state["cfg"].get("distill_from"),
     )
 
 
