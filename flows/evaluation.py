@@ -139,12 +139,14 @@ def load_scorer(model_uri: str, settings: Settings) -> Scorer:
 
 def _items(paths: Iterable[str | Path], settings: Settings) -> Iterator[Any]:
     """Each input lazily: a folder's images (walked in sorted order), an s3:// prefix's images (listed, then
-    fetched one at a time by the loader), any other path as given (a missing one gets its error record)."""
+    fetched one at a time by the loader; one that names a single object: that object; one that names nothing: an
+    error record), any other path as given (a missing one gets its error record)."""
     for entry in paths:
         text = str(entry)
         if text.startswith("s3://"):
             inbox = open_inbox(text, settings)
-            yield from ((inbox, item) for item in inbox.list_items())
+            listed = inbox.list_items()
+            yield from ((inbox, item) for item in listed) if listed else [(inbox, None)]
         elif Path(text).is_dir():
             yield from walk_images(Path(text), is_listed_name)
         else:
@@ -159,6 +161,8 @@ def _loader(settings: Settings, tmp: Path) -> Loader:
         if not isinstance(item, tuple):
             return files(item)
         inbox, entry = item
+        if entry is None:
+            return Loaded(inbox.describe(), error="no image object at or under this s3:// uri")
         try:
             local = inbox.fetch(entry, tmp)
         except InboxError as exc:

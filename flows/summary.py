@@ -318,10 +318,13 @@ def predictions(summary: Mapping) -> Group:
         if record.get("novel"):
             flags.append((" " if flags.plain else "") + "NOVEL (unlike the training images: review it)", "bold yellow")
         table.add_row(record["image"], str(label), number(p), flags)
-    n = len(summary.get("predictions") or [])
+    n, speed = len(summary.get("predictions") or []), summary.get("images_per_second")
+    totals = f"{n} images, {summary.get('failed', 0)} could not be predicted" + (
+        f", {number(float(speed), 1)} images/s" if speed else ""
+    )
     footer = (
-        f"{n} images, {summary.get('failed', 0)} could not be predicted; model {summary.get('model')}, "
-        f"critical class {summary.get('critical_class')} above {number(summary.get('threshold'))}"
+        f"{totals}\nmodel {summary.get('model')}, critical class {summary.get('critical_class')} above "
+        f"{number(summary.get('threshold'))}"
     )
     lines = [table, Text(footer, style="dim")]
     if summary.get("novel"):

@@ -208,11 +208,26 @@ class S3Inbox(Inbox):
                         items.append(InboxItem(f"s3://{self.bucket}/{key}", name, int(obj["Size"]), stamp))
                     elif not name.startswith("."):
                         unlisted.append(f"s3://{self.bucket}/{key}")
+            if not items and not unlisted and self.prefix:
+                items = self._single_object()
         except (ClientError, BotoCoreError) as exc:
             raise InboxError(f"inbox {self.source}: listing failed ({exc})") from exc
         warn_unlisted(self.describe(), unlisted)
         items.sort(key=lambda item: item.uri)
         return items
+
+    def _single_object(self) -> list[InboxItem]:
+        """``s3://bucket/key.jpg`` names one object, not a prefix: that object when it exists, else nothing."""
+        key = self.prefix.rstrip("/")
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return []
+            raise
+        name = key.rsplit("/", 1)[-1]
+        stamp = str(head.get("ETag", "")).strip('"')
+        return [InboxItem(f"s3://{self.bucket}/{key}", name, int(head["ContentLength"]), stamp)]
 
     def fetch(self, item: InboxItem, into: Path) -> Path:
         """Download to ``into/<safe name>`` (atomically); the object must still have the listed ETag."""

@@ -11,9 +11,10 @@ description always says which weights were really used.
 * ``simple_cnn``: the first k of its 3 conv blocks (0-3).
 * ``resnet50``: k >= 1 freezes the stem (conv1, bn1) and layer1..layer k (0-4).
 * ``mobilenet_v2`` (and ``mobilenet_v2_050``, the same network at width 0.5: a distillation student, README
-  "Distillation"; no ImageNet weights exist for it): the first k of 5 groups of ``features`` split where the
-  resolution drops: [0:2] (stem + first block, stride 2), [2:4] (stride 4), [4:7] (stride 8), [7:14] (stride 16),
-  [14:18] (stride 32) (0-5); the final 1x1 conv ``features[18]`` and the head always train.
+  "Distillation"; its ``imagenet`` weights are MobileNetV2's, channel-sliced): the first k of 5 groups of
+  ``features`` split where the resolution drops: [0:2] (stem + first block, stride 2), [2:4] (stride 4), [4:7]
+  (stride 8), [7:14] (stride 16), [14:18] (stride 32) (0-5); the final 1x1 conv ``features[18]`` and the head
+  always train.
 
 Frozen parameters get ``requires_grad=False``; call :func:`set_train_mode` instead of ``model.train()`` so their
 BatchNorm layers keep their running statistics.
@@ -177,8 +178,26 @@ def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
         return builder(weights=IMAGENET_TAG)
 
 
+def _sliced(full: nn.Module, name: str) -> nn.Module:
+    """The width variant ``name`` initialised from ``full``'s weights: each tensor's leading channels (the same
+    slice on both sides of every residual add, so the blocks stay consistent). A start that fine-tuning recovers
+    from in a few epochs, where random init needs tens of them."""
+    model = _torchvision_model(name, False)
+    source = full.state_dict()
+    model.load_state_dict(
+        {k: source[k][tuple(slice(0, n) for n in v.shape)].clone() if v.dim() else source[k].clone()
+         for k, v in model.state_dict().items()}
+    )  # fmt: skip
+    return model
+
+
 def _imagenet_model(name: str) -> tuple[nn.Module, str]:
-    """A torchvision model with ImageNet weights and where they came from; WeightsUnavailableError if none."""
+    """A torchvision model with ImageNet weights and where they came from; WeightsUnavailableError if none.
+    A width variant (``mobilenet_v2_050``) gets its full-width model's weights, channel-sliced (:func:`_sliced`)."""
+    if name in WIDTHS:
+        base, width = WIDTHS[name]
+        full, description = _imagenet_model(base)
+        return _sliced(full, name), f"{description}, channel-sliced to width {width}"
     if name not in ("resnet50", "mobilenet_v2"):
         raise WeightsUnavailableError(name, "no ImageNet weights exist for this architecture")
     source = "torchvision"

@@ -154,8 +154,10 @@ def test_train_evaluate_predict_print_summaries_and_no_request_logs(
     )
     assert code == 0, stderr[-3000:]
     lines = stdout.splitlines()
-    assert len(lines) == 5 and [line.split()[0] for line in lines[:4]] == [*map(str, images), "nope.jpg"]
-    assert "error" in lines[3] and "no such file" in lines[3] and "4 images, 1 could not be predicted" in lines[4]
+    assert len(lines) == 6 and [line.split()[0] for line in lines[:4]] == [*map(str, images), "nope.jpg"]
+    assert "error" in lines[3] and "no such file" in lines[3]
+    assert re.match(r"4 images, 1 could not be predicted, \d+\.\d images/s$", lines[4]), lines[4]
+    assert lines[5].startswith(f"model {champion.uri}, critical class"), lines[5]
 
     code, stdout, stderr = run_text(
         "evaluate", "--model", champion.uri, "--data", str(champion.data), home=champion.home

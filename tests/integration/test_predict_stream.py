@@ -137,6 +137,14 @@ def test_predict_reads_an_s3_prefix(champion: Champion, moto_s3: MotoS3, tmp_pat
         assert (mine["label"], mine["sha256"]) == (theirs["label"], theirs["sha256"])
         assert mine["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-6)
 
+    # one object named by its key, and a uri that names nothing: an error record, never a silent empty run
+    one, nothing = f"s3://plant/line1/{images[0].name}", "s3://plant/line2"
+    code, single, stderr = run("predict", "--model", champion.uri, one, nothing, "--json", home=champion.home)
+    assert code == 0 and single is not None, stderr[-3000:]
+    assert [r["image"] for r in single["predictions"]] == [one, nothing] and single["failed"] == 1
+    assert single["predictions"][0]["label"] == by_uri[one]["label"]
+    assert "no image object" in single["predictions"][1]["error"]
+
 
 def _config(tmp_path: Path, decisions: Path) -> Path:
     path = tmp_path / "settings.yaml"

