@@ -463,6 +463,12 @@ def predict(
         str, typer.Option("--model", help="Model URI, or an export directory (steelqc export: ONNX / OpenVINO).")
     ] = "models:/steel-defect-classifier@champion",
     csv_out: Annotated[Path | None, typer.Option("--csv", help="Also write the records as CSV here.")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="An export directory's format: onnx, openvino, onnx-int8... (default: its recommended)."
+        ),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Exit 1 when any image could not be predicted.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -477,7 +483,7 @@ def predict(
     if csv_out is not None and (fault := _unusable_output_file(csv_out)):
         _fail(f"--csv {csv_out}: {fault}", as_json, file=str(csv_out), row=None)
     try:
-        summary = predict_images(model, paths, cfg, csv_path=csv_out, progress=True)
+        summary = predict_images(model, paths, cfg, csv_path=csv_out, progress=True, fmt=fmt)
     except Exception as exc:
         _fail(f"cannot predict with {model}: {type(exc).__name__}: {exc}", as_json)
     for record in summary["predictions"]:

@@ -81,6 +81,7 @@ def predict_images(
     csv_path: Path | None = None,
     progress: bool = False,
     log_decisions: bool = True,
+    fmt: str | None = None,
 ) -> dict:
     """One record per image, in the order given (a folder: its images in sorted order, walked lazily; an
     ``s3://bucket/prefix``: its images, fetched one at a time): ``image``, ``sha256``, ``label`` (the decision
@@ -91,10 +92,11 @@ def predict_images(
     a thread pool while the model runs). An image that cannot be read (missing, not a file, corrupt) gets
     ``label``, ``probabilities`` and ``critical`` null and an ``error``; the others are predicted as usual.
     ``failed`` counts those records. Every record is appended to the decision log (``decisions_dir``, default
-    STEELQC_HOME/decisions) unless ``log_decisions`` is off, and written to ``csv_path`` when given.
+    STEELQC_HOME/decisions) unless ``log_decisions`` is off, and written to ``csv_path`` when given. ``fmt``: the
+    format of an export directory to run (default: its recommended one).
     """
     configure(settings)
-    scorer = load_scorer(model_uri, settings)
+    scorer = load_scorer(model_uri, settings, fmt)
     folder = settings.decisions_dir or settings.home / "decisions"
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -120,12 +122,14 @@ def predict_images(
     }
 
 
-def load_scorer(model_uri: str, settings: Settings) -> Scorer:
-    """The :class:`~steelqc.tasks.model.batch_predict.Scorer` of an export directory (ONNX / OpenVINO, no novelty
-    score), or of a torch model (a registered ``models:/`` URI, a run URI or a model folder) with its version's
-    novelty reference when it has one."""
+def load_scorer(model_uri: str, settings: Settings, fmt: str | None = None) -> Scorer:
+    """The :class:`~steelqc.tasks.model.batch_predict.Scorer` of an export directory (ONNX / OpenVINO in ``fmt``,
+    default the recommended one; no novelty score), or of a torch model (a registered ``models:/`` URI, a run URI or
+    a model folder) with its version's novelty reference when it has one."""
     if is_export_dir(model_uri):
-        return exported_scorer(model_uri, threads=available_cpus())
+        return exported_scorer(model_uri, fmt, threads=available_cpus())
+    if fmt is not None:
+        raise ValueError(f"--format {fmt} applies to an export directory (steelqc export); {model_uri} is not one")
     model = packaging.load(model_uri)
     registry = client(settings)
     reference = reference_of_uri(registry, model_uri)

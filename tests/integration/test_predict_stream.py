@@ -101,20 +101,23 @@ def test_an_exported_model_predicts_what_evaluate_decides(champion: Champion, su
     code, exported, stderr = run("export", "--model", champion.uri, "--out", str(export_dir), "--no-int8", "--json",
                                  home=champion.home)  # fmt: skip
     assert code == 0 and exported is not None, stderr[-3000:]
-    code, predicted, stderr = run("predict", "--model", str(export_dir), str(subset / "train_images"), "--json",
-                                  home=champion.home)  # fmt: skip
-    assert code == 0 and predicted is not None, stderr[-3000:]
-    assert predicted["format"] in ("onnx", "openvino") and predicted["model"] == str(export_dir)
-    assert predicted["model_version"] == champion.summary["model_version"] and predicted["failed"] == 0
-    records = predicted["predictions"]
-    assert sorted(Path(r["image"]).name for r in records) == sorted(by_image)
-    names = list(records[0]["probabilities"])
-    for record in records:
-        assert names.index(record["label"]) == by_image[Path(record["image"]).name], record["image"]
-        assert record["novelty"] is None
-    lines = [json.loads(line) for p in predicted["decision_log"] for line in Path(p).read_text().splitlines()]
-    mine = [line for line in lines if line["model"] == str(export_dir)]
-    assert len(mine) == len(records) and {line["format"] for line in mine} == {predicted["format"]}
+    for fmt in ("onnx", "openvino"):  # ONNX Runtime, the portable path, and OpenVINO
+        code, predicted, stderr = run("predict", "--model", str(export_dir), str(subset / "train_images"),
+                                      "--format", fmt, "--json", home=champion.home)  # fmt: skip
+        assert code == 0 and predicted is not None, stderr[-3000:]
+        assert predicted["format"] == fmt and predicted["model"] == str(export_dir)
+        assert predicted["model_version"] == champion.summary["model_version"] and predicted["failed"] == 0
+        records = predicted["predictions"]
+        assert sorted(Path(r["image"]).name for r in records) == sorted(by_image)
+        names = list(records[0]["probabilities"])
+        for record in records:
+            assert names.index(record["label"]) == by_image[Path(record["image"]).name], (fmt, record["image"])
+            assert record["novelty"] is None
+        lines = [json.loads(line) for p in predicted["decision_log"] for line in Path(p).read_text().splitlines()]
+        assert sum(line["model"] == str(export_dir) and line["format"] == fmt for line in lines) == len(records)
+
+    code, error, _ = run("predict", "--model", champion.uri, "x.jpg", "--format", "onnx", "--json", home=champion.home)
+    assert code == 2 and "applies to an export directory" in error["error"]
 
 
 def test_predict_reads_an_s3_prefix(champion: Champion, moto_s3: MotoS3, tmp_path: Path) -> None:
