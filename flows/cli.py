@@ -382,7 +382,7 @@ def train(
     distill_from: Annotated[
         str | None, typer.Option(help="Teacher model URI (models:/steelqc@champion): learn from its soft labels.")
     ] = None,
-    distill_temperature: Annotated[float | None, typer.Option(min=0.01, help="Softening temperature (4).")] = None,
+    distill_temperature: Annotated[float | None, typer.Option(min=0.01, help="Softening temperature (2).")] = None,
     distill_alpha: Annotated[float | None, typer.Option(min=0, max=1, help="Weight of the soft labels (0.5).")] = None,
     require_promotion: Annotated[bool, typer.Option(help="Exit 1 unless the model became champion.")] = False,
     tune_trials: Annotated[int, typer.Option(min=0, help="Optuna trials before the final training (total).")] = 0,

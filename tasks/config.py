@@ -64,7 +64,7 @@ class TrainDefaults(BaseModel):
     cache_images: bool = True
     augment: Literal["glare-v1", "light-v2"] = "light-v2"  # photometric preset (tasks/data/presets.py)
     label_smoothing: float = 0.0
-    distill_temperature: float = 4.0  # softens teacher and student logits (--distill-from; README "Distillation")
+    distill_temperature: float = 2.0  # softens teacher and student logits (--distill-from; README "Distillation")
     distill_alpha: float = 0.5  # weight of the teacher's soft labels; 1 - alpha on the hard labels
     ema_decay: float = 0.99  # per-step decay of an exponential moving average of the weights; 0 = off
     amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (README "Training speed")

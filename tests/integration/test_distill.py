@@ -31,10 +31,10 @@ def test_train_distils_a_student_from_the_champion(
     code, summary, stderr = run(*args, "--distill-from", str(teacher), "--distill-alpha", "0.7", home=steelqc_home)
     assert code == 0, stderr[-3000:]
     assert summary["train"]["teacher"] == str(teacher)
-    assert f"distilling from {teacher} (temperature 4.0, soft weight 0.7)" in stderr
+    assert f"distilling from {teacher} (temperature 2.0, soft weight 0.7)" in stderr
     params = client(Settings()).get_run(summary["run_id"]).data.params
     assert params["train.distill_from"] == str(teacher)
-    assert (params["train.distill_alpha"], params["train.distill_temperature"]) == ("0.7", "4.0")
+    assert (params["train.distill_alpha"], params["train.distill_temperature"]) == ("0.7", "2.0")
     assert summary["model_version"], "a student is a candidate like any other: registered and gated"
 
     # teachers that cannot teach: one JSON error, exit 2

@@ -87,7 +87,7 @@ def test_distillation_settings_join_the_fingerprint_only_when_distilling() -> No
     taught = cfg(distill_from="models:/t/1")
     assert taught.fingerprint() != plain.fingerprint()
     assert taught.fingerprint() != cfg(distill_from="models:/t/2").fingerprint()
-    assert taught.fingerprint() != cfg(distill_from="models:/t/1", distill_temperature=2.0).fingerprint()
+    assert taught.fingerprint() != cfg(distill_from="models:/t/1", distill_temperature=3.0).fingerprint()
     with pytest.raises(ValueError):
         cfg(distill_alpha=1.5)
 
