@@ -153,13 +153,19 @@ def test_mode_RGBX_in_memory_is_luminance() -> None:
     np.testing.assert_allclose(image_to_array(image).astype(np.int64), luminance(rgb), atol=1)
 
 
-def test_mode_CMYK_goes_through_RGB(tmp_path: Path) -> None:
+def cmyk_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """Random CMYK pixels and the RGB Pillow makes of them (top half: no black; bottom half: black only)."""
     cmyk = RNG.integers(0, 256, size=(H, W, 4), dtype=np.uint8)
     cmyk[: H // 2, :, 3] = 0  # top: no black, so RGB = 255 - CMY
     cmyk[H // 2 :, :, :3] = 0  # bottom: black only, so R = G = B = 255 - K
     rgb = np.empty((H, W, 3), dtype=np.int64)
     rgb[: H // 2] = 255 - cmyk[: H // 2, :, :3].astype(np.int64)
     rgb[H // 2 :] = (255 - cmyk[H // 2 :, :, 3:4].astype(np.int64)).repeat(3, axis=-1)
+    return cmyk, rgb
+
+
+def test_mode_CMYK_goes_through_RGB(tmp_path: Path) -> None:
+    cmyk, rgb = cmyk_pixels()
     assert_decodes(save(tmp_path, Image.fromarray(cmyk, "CMYK"), "TIFF"), "CMYK", luminance(rgb), atol=1)
 
 
@@ -329,12 +335,7 @@ def test_rgb_mode_RGBX_in_memory_drops_the_padding() -> None:
 
 
 def test_rgb_mode_CMYK_goes_through_RGB(tmp_path: Path) -> None:
-    cmyk = RNG.integers(0, 256, size=(H, W, 4), dtype=np.uint8)
-    cmyk[: H // 2, :, 3] = 0  # top: no black, so RGB = 255 - CMY
-    cmyk[H // 2 :, :, :3] = 0  # bottom: black only, so R = G = B = 255 - K
-    rgb = np.empty((H, W, 3), dtype=np.int64)
-    rgb[: H // 2] = 255 - cmyk[: H // 2, :, :3].astype(np.int64)
-    rgb[H // 2 :] = (255 - cmyk[H // 2 :, :, 3:4].astype(np.int64)).repeat(3, axis=-1)
+    cmyk, rgb = cmyk_pixels()
     assert_decodes_rgb(save(tmp_path, Image.fromarray(cmyk, "CMYK"), "TIFF"), "CMYK", rgb)
 
 
