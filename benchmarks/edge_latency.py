@@ -63,6 +63,7 @@ from steelqc.tasks.model.export import (
     model_inputs,
     onnx_runner,
     openvino_runner,
+    percentiles,
     torch_proba,
 )
 
@@ -73,22 +74,6 @@ Runner = Callable[[np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------------ timing
-
-
-def percentiles(fn: Callable[[int], Any], warm: int, runs: int) -> dict[str, float]:
-    """p50/p95 (ms) of ``fn(i)`` over ``runs`` calls after ``warm`` calls."""
-    for i in range(warm):
-        fn(i)
-    times = []
-    for i in range(runs):
-        start = time.perf_counter()
-        fn(i)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {
-        "p50_ms": round(float(np.percentile(times, 50)), 3),
-        "p95_ms": round(float(np.percentile(times, 95)), 3),
-        "runs": runs,
-    }
 
 
 def torch_runner(model: torch.nn.Module) -> Runner:

@@ -15,32 +15,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_cli import RELAXED_GATES, steelqc_json
+
 from steelqc.tasks.data.synth import generate_dataset
 
-STEELQC = str(Path(sys.executable).with_name("steelqc"))
 TARGET_S = 120.0
-RELAXED_GATES = {
-    "STEELQC_GATES__MACRO_F1_MIN": "0",
-    "STEELQC_GATES__CRITICAL_RECALL_MIN": "0",
-    "STEELQC_GATES__CRITICAL_PRECISION_MIN": "0",
-    "STEELQC_GATES__GLARE_DELTA_F1_MAX": "1",
-    "STEELQC_GATES__MIN_TEST_SUPPORT_PER_CLASS": "1",
-    "STEELQC_APPROVAL": "auto",
-}
-
-
-def _cli(env: dict, *args: str, timeout: float = 3600) -> dict:
-    proc = subprocess.run([STEELQC, *args, "--json"], capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"steelqc {' '.join(args)} failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -63,7 +46,7 @@ def main() -> None:
             data = work / "train-data"
             generate_dataset(data, n_images=args.train_images, seed=1)
             start = time.perf_counter()
-            trained = _cli(env, "train", "--data", str(data), "--epochs", "1")
+            trained = steelqc_json(env, "train", "--data", str(data), "--epochs", "1")
             train_s = round(time.perf_counter() - start, 1)
             if "champion" not in (trained.get("aliases") or {}):
                 raise SystemExit(f"the trained model is not champion ({trained.get('decision')}); use --home")
@@ -75,7 +58,7 @@ def main() -> None:
         inbox = inbox_data / "train_images"
 
         start = time.perf_counter()
-        summary = _cli(env, "monitor", "--incoming", str(inbox))
+        summary = steelqc_json(env, "monitor", "--incoming", str(inbox))
         seconds = time.perf_counter() - start
         result = {
             "images": summary["n_images"],

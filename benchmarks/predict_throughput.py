@@ -19,32 +19,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench_cli import RELAXED_GATES, steelqc_json
+
 from steelqc.tasks.data.synth import generate_dataset
-
-STEELQC = str(Path(sys.executable).with_name("steelqc"))
-RELAXED_GATES = {
-    "STEELQC_GATES__MACRO_F1_MIN": "0",
-    "STEELQC_GATES__CRITICAL_RECALL_MIN": "0",
-    "STEELQC_GATES__CRITICAL_PRECISION_MIN": "0",
-    "STEELQC_GATES__GLARE_DELTA_F1_MAX": "1",
-    "STEELQC_GATES__MIN_TEST_SUPPORT_PER_CLASS": "1",
-    "STEELQC_GATES__CHAMPION_MACRO_F1_TOLERANCE": "1",
-    "STEELQC_APPROVAL": "auto",
-}
-
-
-def _cli(env: dict, *args: str, timeout: float = 3600) -> dict:
-    proc = subprocess.run([STEELQC, *args, "--json"], capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"steelqc {' '.join(args)} failed with exit code {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -67,14 +48,14 @@ def main() -> None:
             data = work / "train-data"
             generate_dataset(data, n_images=args.train_images, seed=1)
             profile = ["--profile", "tiny"] if args.model == "tiny" else ["--model", "mobilenet_v2", "--epochs", "1"]
-            trained = _cli(env, "train", "--data", str(data), *profile)
+            trained = steelqc_json(env, "train", "--data", str(data), *profile)
             if "champion" not in (trained.get("aliases") or {}):
                 raise SystemExit(f"the trained model is not champion ({trained.get('decision')}); use --home")
         images = work / "images"
         generate_dataset(images, n_images=args.images, seed=2024)
 
         start = time.perf_counter()
-        summary = _cli(env, "predict", str(images / "train_images"))
+        summary = steelqc_json(env, "predict", str(images / "train_images"))
         wall = time.perf_counter() - start
         result = {
             "images": summary["n_images"],
@@ -87,8 +68,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
         }
         if args.export:
-            _cli(env, "export", "--out", str(work / "export"), "--no-int8")
-            exported = _cli(env, "predict", "--model", str(work / "export"), str(images / "train_images"))
+            steelqc_json(env, "export", "--out", str(work / "export"), "--no-int8")
+            exported = steelqc_json(env, "predict", "--model", str(work / "export"), str(images / "train_images"))
             pairs = zip(summary["predictions"], exported["predictions"], strict=True)
             same = sum(a["label"] == b["label"] for a, b in pairs)
             result["export"] = {

@@ -86,15 +86,13 @@ def predict_images(
     """One record per image, in the order given (a folder: its images in sorted order, walked lazily; an
     ``s3://bucket/prefix``: its images, fetched one at a time): ``image``, ``sha256``, ``label`` (the decision
     under the calibrated threshold), ``probabilities``, ``critical``, ``critical_probability``, and the
-    ``novelty`` score and ``novel`` flag when the model version carries a drift reference (else null).
-
-    Images stream through :func:`~steelqc.tasks.model.batch_predict.predict_stream` (bounded memory, decoding on
-    a thread pool while the model runs). An image that cannot be read (missing, not a file, corrupt) gets
-    ``label``, ``probabilities`` and ``critical`` null and an ``error``; the others are predicted as usual.
-    ``failed`` counts those records. Every record is appended to the decision log (``decisions_dir``, default
-    STEELQC_HOME/decisions) unless ``log_decisions`` is off, and written to ``csv_path`` when given. ``fmt``: the
-    format of an export directory to run (default: its recommended one).
-    """
+    ``novelty`` score and ``novel`` flag when the model version carries a drift reference (else null). Images
+    stream through :func:`~steelqc.tasks.model.batch_predict.predict_stream` (bounded memory, decoding on a thread
+    pool while the model runs). An unreadable image (missing, not a file, corrupt) gets null ``label``,
+    ``probabilities``, ``critical`` and an ``error`` (``failed`` counts them); the others are predicted as usual.
+    Every record goes to the decision log (``decisions_dir``, default STEELQC_HOME/decisions) unless
+    ``log_decisions`` is off, and to ``csv_path`` when given. ``fmt``: an export directory's format (default: its
+    recommended one)."""
     configure(settings)
     scorer = load_scorer(model_uri, settings, fmt)
     folder = settings.decisions_dir or settings.home / "decisions"

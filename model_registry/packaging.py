@@ -30,7 +30,6 @@ paths (a list, or a DataFrame with a ``path`` column) and returns one record per
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from steelqc.model_registry import policy, promotion
 from steelqc.tasks.data.datasets import InputSpec
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
+from steelqc.tasks.fileio import sha256_file
 from steelqc.tasks.model.distill import DistillationError, Teacher
 from steelqc.tasks.model.inference import load_model as load_checkpoint
 from steelqc.tasks.model.inference import predict_proba, select_device
@@ -213,15 +213,6 @@ def make_bundle(architecture: str, label_space: Any, input_spec: dict, threshold
         "threshold": threshold,
         **extra,
     }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _requirements() -> list[str]:

@@ -15,11 +15,9 @@ Every model file takes a float32 ``N x C x H x W`` batch named ``image`` (made b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from torch import nn
 from steelqc.tasks.data.datasets import InputSpec, ManifestDataset
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import compute_metrics, decide
+from steelqc.tasks.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +173,27 @@ def parity(reference: np.ndarray, other: np.ndarray, critical_index: int, thresh
     }
 
 
-def latency_ms(runner: Runner, sample: np.ndarray, warm: int = 3, runs: int = 10) -> dict[str, float]:
-    """Batch-1 latency of ``runner`` on one input (``sample[:1]``): median and best of ``runs`` after ``warm``."""
-    one = np.ascontiguousarray(sample[:1])
-    for _ in range(warm):
-        runner(one)
+def percentiles(fn: Callable[[int], Any], warm: int, runs: int) -> dict[str, float]:
+    """Median, 95th percentile and best (ms) of ``fn(i)`` over ``runs`` calls after ``warm`` calls."""
+    for i in range(warm):
+        fn(i)
     times = []
-    for _ in range(runs):
+    for i in range(runs):
         start = time.perf_counter()
-        runner(one)
+        fn(i)
         times.append((time.perf_counter() - start) * 1000.0)
-    return {"p50_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "runs": runs}
+    return {
+        "p50_ms": round(float(np.percentile(times, 50)), 3),
+        "p95_ms": round(float(np.percentile(times, 95)), 3),
+        "min_ms": round(min(times), 3),
+        "runs": runs,
+    }
+
+
+def latency_ms(runner: Runner, sample: np.ndarray, warm: int = 3, runs: int = 10) -> dict[str, float]:
+    """Batch-1 latency of ``runner`` on one input (``sample[:1]``): :func:`percentiles` after ``warm`` runs."""
+    one = np.ascontiguousarray(sample[:1])
+    return percentiles(lambda _: runner(one), warm, runs)
 
 
 # ------------------------------------------------------------------------------------------------ INT8
@@ -267,14 +276,6 @@ def quantize_openvino(xml_path: Path, out_xml: Path, calibration: np.ndarray) ->
 
 
 # ------------------------------------------------------------------------------------------------ the directory
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _describe(name: str) -> str:

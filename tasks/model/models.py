@@ -22,7 +22,6 @@ BatchNorm layers keep their running statistics.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -36,7 +35,7 @@ import torch
 import torchvision
 from torch import nn
 
-from steelqc.tasks.fileio import atomic_write
+from steelqc.tasks.fileio import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +121,6 @@ def offline_mobilenet_file() -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def install_offline_mobilenet_weights() -> Path | None:
