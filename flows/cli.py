@@ -380,7 +380,8 @@ def train(
     weights: Annotated[str | None, typer.Option(help="imagenet, none or a state-dict file.")] = None,
     freeze_stages: Annotated[int | None, typer.Option(min=0, max=5)] = None,
     distill_from: Annotated[
-        str | None, typer.Option(help="Teacher model URI (models:/steelqc@champion): learn from its soft labels.")
+        str | None,
+        typer.Option(help="Teacher model URI (models:/steel-defect-classifier@champion, ...): learn its soft labels."),
     ] = None,
     distill_temperature: Annotated[float | None, typer.Option(min=0.01, help="Softening temperature (2).")] = None,
     distill_alpha: Annotated[float | None, typer.Option(min=0, max=1, help="Weight of the soft labels (0.5).")] = None,
