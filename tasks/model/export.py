@@ -246,9 +246,12 @@ class _Calibration:
         return next(self._items, None)
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, per_channel: bool) -> Path:
-    """ONNX Runtime static INT8: ``quant_pre_process`` first, then QDQ with unsigned activations and signed weights
-    (per-channel or per-tensor), calibrated on ``calibration`` (MinMax)."""
+def quantize_onnx(
+    fp32_path: Path, out_path: Path, calibration: np.ndarray, per_channel: bool, qoperator: bool = False
+) -> Path:
+    """ONNX Runtime static INT8: ``quant_pre_process`` first, then QDQ (or, with ``qoperator``, the QOperator format:
+    QLinearConv and friends) with unsigned activations and signed weights (per-channel or per-tensor), calibrated
+    on ``calibration`` (MinMax)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # noqa: PLC0415
     from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
 
@@ -256,7 +259,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calibration: np.ndarray, per_
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(out_path), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+            str(prepared), str(out_path), _Calibration(calibration),
+            quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
         )  # fmt: skip
     return out_path
@@ -394,6 +398,7 @@ def _int8_candidates(root: Path, work: Path, calibration: np.ndarray) -> dict[st
     attempts = {
         "onnx-int8-per-channel": lambda p: quantize_onnx(root / "model.onnx", p, calibration, per_channel=True),
         "onnx-int8-per-tensor": lambda p: quantize_onnx(root / "model.onnx", p, calibration, per_channel=False),
+        "onnx-int8-qoperator": lambda p: quantize_onnx(root / "model.onnx", p, calibration, False, qoperator=True),
         "openvino-int8": lambda p: quantize_openvino(root / "model.xml", p, calibration),
     }
     for name, make in attempts.items():

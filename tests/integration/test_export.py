@@ -31,7 +31,7 @@ def test_export_json_on_the_champion(champion: Champion, tmp_path: Path, monkeyp
         assert summary["latency"][fmt]["p50_ms"] > 0
     int8 = summary["int8"]
     assert int8["reason"] and set(int8["candidates"]) == {
-        "onnx-int8-per-channel", "onnx-int8-per-tensor", "openvino-int8"
+        "onnx-int8-per-channel", "onnx-int8-per-tensor", "onnx-int8-qoperator", "openvino-int8"
     }  # fmt: skip
     assert all(c["metrics"]["n"] > 0 for c in int8["candidates"].values()), "gated on the test split"
     bundle = json.loads((out / ex.BUNDLE_FILE).read_text())
