@@ -135,6 +135,8 @@ class IngestResult:
     masks: pd.DataFrame
     quarantine: list[Quarantined] = field(default_factory=list)
     rows_read: int = 0
+    sources: dict[str, dict] = field(default_factory=dict)
+    """Each data source by name: ``path``, ``format``, ``quarantined`` (README "Data", several sources)."""
 
     @property
     def fingerprint(self) -> str:
@@ -437,6 +439,8 @@ class CsvLabels:
     hints: list[tuple[int, str]] = field(default_factory=list)  # (line, text) of quarantined rows
     quarantine: list[Quarantined] = field(default_factory=list)
     rows_read: int = 0
+    sources: dict[str, dict] = field(default_factory=dict)
+    """Each data source by name: ``path``, ``format``, ``quarantined`` (README "Data", several sources)."""
 
 
 def max_rle_chars(shape: tuple[int, int]) -> int:
@@ -964,13 +968,16 @@ def _scan_class_folder(name: str, path: Path, root: Path, quarantine: list[Quara
     return images
 
 
-def ingest_folders(root: Path, settings: Settings, critical_class: str | None = None) -> IngestResult:
-    """Validate a class-per-folder directory; class names come from the folders."""
+def ingest_folders(
+    root: Path, settings: Settings, critical_class: str | None = None, require_critical: bool = True
+) -> IngestResult:
+    """Validate a class-per-folder directory; class names come from the folders. Without ``require_critical`` (one
+    source of several, checked over all of them) the critical class need not have a folder here."""
     top = scan_dir(root, root, id_prefix=None)
     class_names = _class_map(top, root)
     critical = critical_class or settings.critical_class
     defect_names = [n for cid, n in sorted(class_names.items()) if cid != 0]
-    if critical not in defect_names:
+    if require_critical and critical not in defect_names:
         raise IngestError(
             f"critical class {critical!r} is not among the defect classes found: {', '.join(defect_names)} "
             "(pick one with --critical-class)",
@@ -1035,10 +1042,14 @@ def detect_format(root: Path) -> str:
     raise IngestError(f"cannot tell the layout: no train.csv and no class folders{_not_used(scan)}", root)
 
 
-def ingest(
-    root: Path | str, settings: Settings, fmt: Format = "auto", critical_class: str | None = None
+def ingest_layout(
+    root: Path | str,
+    settings: Settings,
+    fmt: Format = "auto",
+    critical_class: str | None = None,
+    require_critical: bool = True,
 ) -> IngestResult:
-    """Validate ``root`` in the given (or detected) layout."""
+    """Validate ``root`` in the given (or detected) layout, before the data set's channels are decided."""
     root = Path(root)
     if not root.is_dir():
         raise IngestError("data directory does not exist or is not a directory", root)
@@ -1049,12 +1060,38 @@ def ingest(
             if critical_class not in settings.class_ids or settings.class_ids[critical_class] == 0:
                 names = [n for c, n in sorted(settings.class_names.items()) if c]
                 raise IngestError(f"critical class {critical_class!r} is not a defect class: {', '.join(names)}", root)
-        result = ingest_severstal(root, settings)
-    elif fmt == "folders":
-        result = ingest_folders(root, settings, critical_class)
-    else:
-        raise IngestError(f"unknown format {fmt!r} (auto, severstal or folders)", root)
-    result = with_channels(result)
+        return ingest_severstal(root, settings)
+    if fmt == "folders":
+        return ingest_folders(root, settings, critical_class, require_critical)
+    raise IngestError(f"unknown format {fmt!r} (auto, severstal or folders)", root)
+
+
+def source_name_of(root: Path | str) -> str:
+    """The name of a data source given without one: its folder's name (characters other than letters, digits,
+    ``_``, ``.`` and ``-`` become ``-``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(root).resolve().name).strip("-.")
+    return name or "data"
+
+
+def with_source(result: IngestResult, name: str) -> IngestResult:
+    """The result with its ``source`` column (the source's name in every manifest row) and its ``sources`` entry."""
+    manifest = result.manifest.copy()
+    manifest["source"] = name
+    entry = {"path": str(result.source), "format": result.format, "quarantined": len(result.quarantine)}
+    return replace(result, manifest=manifest, sources={name: entry})
+
+
+def ingest(
+    root: Path | str,
+    settings: Settings,
+    fmt: Format = "auto",
+    critical_class: str | None = None,
+    source: str | None = None,
+) -> IngestResult:
+    """Validate ``root`` in the given (or detected) layout; its rows' ``source`` is ``source`` (default: the folder's
+    name, :func:`source_name_of`)."""
+    result = ingest_layout(root, settings, fmt, critical_class)
+    result = with_channels(with_source(result, source or source_name_of(root)))
     log.info(
         "%s: %s data (%d of %d valid images colour)",
         root, "colour" if result.channels == 3 else "grey", result.colour_images(), len(result.manifest),
@@ -1113,7 +1150,10 @@ def summarise(result: IngestResult) -> dict:
     """The JSON summary of `steelqc ingest --json` (README "Data"), without the output paths."""
     rejected = {q.image_id or q.file for q in result.quarantine if "duplicate row" not in q.reason}
     return {
-        "source": str(result.source),
+        "source": str(result.source)
+        if len(result.sources) <= 1
+        else ", ".join(f"{name}={entry['path']}" for name, entry in result.sources.items()),
+        "sources": source_summaries(result),
         "format": result.format,
         "valid": len(result.manifest),
         "quarantined": len(result.quarantine),
@@ -1132,6 +1172,21 @@ def summarise(result: IngestResult) -> dict:
     }
 
 
+def source_summaries(result: IngestResult) -> dict[str, dict]:
+    """Each source by name: ``path``, ``format``, ``valid``, ``quarantined`` and ``by_class`` (its valid images by
+    class name)."""
+    out: dict[str, dict] = {}
+    sources = result.manifest["source"] if "source" in result.manifest else pd.Series(dtype=str)
+    for name, entry in result.sources.items():
+        labels = result.manifest.loc[sources == name, "label"].tolist()
+        counts = Counter(labels)
+        by_class = {n: int(counts.get(cid, 0)) for cid, n in sorted(result.class_names.items())}
+        out[name] = {**entry, "valid": len(labels), "by_class": by_class}
+    return out
+
+
 def load_manifest(path: Path | str) -> pd.DataFrame:
     """Read a manifest written by :func:`write_outputs` with stable dtypes."""
-    return pd.read_csv(path, dtype={"image_id": str, "classes": str, "sha256": str, "note": str}, keep_default_na=False)
+    return pd.read_csv(
+        path, dtype={"image_id": str, "classes": str, "sha256": str, "note": str, "source": str}, keep_default_na=False
+    )
