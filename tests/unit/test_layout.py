@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("flows", "infra", "model_registry", "monitoring", "tasks")
+PRODUCT = ("dashboard", "flows", "infra", "model_registry", "monitoring", "tasks")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LINT_IMPORTS = str(Path(sys.executable).with_name("lint-imports"))
 MAX_FLOW_FUNCTION_LINES = 45

@@ -1,0 +1,183 @@
+"""The dashboard's pages (Streamlit): *Inspect*, *Models*, and the placeholders *Review* and *Monitoring*.
+
+Every page reads the registry and loaded models only: nothing here trains, so no page waits on a training run.
+Settings come from the environment (``STEELQC_*``, as every command reads them); models load with
+:func:`steelqc.model_registry.packaging.load` (weights only, hashes checked), once per version
+(``st.cache_resource``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import streamlit as st
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from streamlit.navigation.page import StreamlitPage
+
+from steelqc.dashboard import catalog
+from steelqc.dashboard.inspection import Inspection, folder_images, inspect_image
+from steelqc.model_registry import packaging, promotion
+from steelqc.model_registry.packaging import SteelDefectModel, UnsafeModel
+from steelqc.model_registry.store import client, configure
+from steelqc.tasks.config import Settings
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff"]
+PLACEHOLDER = "Coming with the review queue: another part of issue 13 builds this page."
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> tuple[Settings, MlflowClient]:
+    """The settings (from the environment) and a registry client, MLflow configured once per process."""
+    settings = Settings()
+    configure(settings)
+    return settings, client(settings)
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def load_model(uri: str) -> SteelDefectModel:
+    """A version loaded once (``uri`` pinned: ``models:/name/N``, so a moved alias loads the new version)."""
+    return packaging.load(uri, device="cpu")
+
+
+def navigation() -> StreamlitPage:
+    """The pages, in the sidebar."""
+    return st.navigation(
+        [
+            st.Page(inspect_page, title="Inspect", url_path="inspect", default=True),
+            st.Page(models_page, title="Models", url_path="models"),
+            st.Page(review_page, title="Review", url_path="review"),
+            st.Page(monitoring_page, title="Monitoring", url_path="monitoring"),
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------------ Inspect
+
+
+def _version_choice(settings: Settings, mlflow_client: MlflowClient) -> str | None:
+    """The version to decide with: a selectbox of registered versions, the champion's by default."""
+    rows = catalog.versions(mlflow_client, settings.registered_model)
+    if not rows:
+        st.info(f"No version of {settings.registered_model} is registered yet (train one: `steelqc train`).")
+        return None
+    labels = {r.version: f"version {r.version}" + (f" ({', '.join(r.aliases)})" if r.aliases else "") for r in rows}
+    champion = next((r.version for r in rows if promotion.CHAMPION in r.aliases), None)
+    if champion is None:
+        st.warning("No version holds the champion alias; pick a version to inspect with.")
+    order = [r.version for r in rows]
+    index = order.index(champion) if champion is not None else 0
+    return st.sidebar.selectbox("Model version", order, index=index, format_func=labels.__getitem__)
+
+
+def _image_source() -> tuple[str, bytes] | None:
+    """The image to inspect: an upload, or one picked from a folder on the dashboard's machine."""
+    upload_tab, folder_tab = st.tabs(["Upload", "From a folder"])
+    with upload_tab:
+        uploaded = st.file_uploader("Image of a steel surface", type=UPLOAD_TYPES)
+    with folder_tab:
+        folder = st.text_input("Folder on the dashboard's machine", value="")
+        images = folder_images(folder) if folder else []
+        if folder and not images:
+            st.caption("No images in that folder.")
+        picked = st.selectbox("Image", images, format_func=lambda p: p.name, index=None) if images else None
+    if uploaded is not None:
+        return uploaded.name, uploaded.getvalue()
+    if picked is not None:
+        return str(picked), Path(picked).read_bytes()
+    return None
+
+
+def _show(result: Inspection, name: str, version: str, model_name: str) -> None:
+    """The decision, its probabilities and threshold, and the Grad-CAM overlay."""
+    verdict = "CRITICAL" if result.critical else "not critical"
+    st.subheader(f"Predicted: {result.label}")
+    st.markdown(
+        f"**{verdict}**: P({result.critical_class}) = {result.critical_probability:.3f}, "
+        + (
+            f"threshold {result.threshold:.3f} (critical when P >= threshold, else the most probable other class)"
+            if result.threshold is not None
+            else "no calibrated threshold (plain argmax)"
+        )
+    )
+    st.markdown(f"Decided by **{model_name} version {version}** for `{name}`.")
+    st.table([{"class": c, "probability": f"{p:.4f}"} for c, p in result.probabilities.items()])
+    st.image(result.image, caption="Image", width="stretch", alt="Inspected image")
+    st.image(result.overlay, caption=f"Grad-CAM overlay ({result.label})", width="stretch", alt="Grad-CAM overlay")
+
+
+def inspect_page() -> None:
+    """Upload or pick an image; see how the chosen version decides it and where it looked."""
+    st.title("Inspect an image")
+    settings, mlflow_client = registry()
+    version = _version_choice(settings, mlflow_client)
+    source = _image_source()
+    if version is None or source is None:
+        return
+    uri = catalog.version_uri(settings.registered_model, version)
+    try:
+        model = load_model(uri)
+    except (UnsafeModel, MlflowException, OSError, ValueError) as exc:
+        st.error(f"Cannot load {uri}: {exc}")
+        return
+    name, data = source
+    try:
+        result = inspect_image(model, data)
+    except (OSError, ValueError) as exc:  # not an image, truncated, too large...
+        st.error(f"Cannot read {name}: {exc}")
+        return
+    _show(result, name, version, settings.registered_model)
+
+
+# ------------------------------------------------------------------------------------------------- Models
+
+
+def models_page() -> None:
+    """Registered versions with their aliases and gates, and the audit trail."""
+    st.title("Models")
+    settings, mlflow_client = registry()
+    name = settings.registered_model
+    rows = catalog.versions(mlflow_client, name)
+    st.caption(f"Registered model {name} in {settings.mlflow_uri}")
+    if not rows:
+        st.info(f"No version of {name} is registered yet.")
+        return
+    aliases = promotion.aliases(mlflow_client, name)
+    st.markdown("  ".join(f"**{alias}**: version {version}" for alias, version in sorted(aliases.items())) or "")
+    st.subheader("Versions")
+    st.table([r.summary() for r in rows])
+    st.subheader("Gate results")
+    for row in rows:
+        label = f"version {row.version}: gates {row.summary()['gates']}"
+        with st.expander(label, expanded=bool(row.aliases)):
+            if row.gates_reason:
+                st.markdown(f"Verdict: {row.gates_reason}")
+            gates = catalog.gate_rows(row.gates)
+            if gates:
+                st.table(gates, hide_index=True)
+            else:
+                st.caption("No gate table in this version's tags.")
+    st.subheader("Audit trail")
+    audit = catalog.audit_rows(mlflow_client, name)
+    if audit:
+        st.table(audit, hide_index=True)
+    else:
+        st.caption("No audit events yet.")
+
+
+# ------------------------------------------------------------------------------------------- placeholders
+
+
+def review_page() -> None:
+    """Placeholder: the labelling queue (built with the review queue)."""
+    st.title("Review")
+    st.info(PLACEHOLDER)
+
+
+def monitoring_page() -> None:
+    """Placeholder: drift and novelty over time (built with the review queue)."""
+    st.title("Monitoring")
+    st.info(PLACEHOLDER)
