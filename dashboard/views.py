@@ -104,7 +104,7 @@ def _show(result: Inspection, name: str, version: str, model_name: str) -> None:
         )
     )
     st.markdown(f"Decided by **{model_name} version {version}** for `{name}`.")
-    st.table([{"class": c, "probability": f"{p:.4f}"} for c, p in result.probabilities.items()])
+    st.table([{"class": c, "probability": f"{p:.4f}"} for c, p in result.probabilities.items()], hide_index=True)
     st.image(result.image, caption="Image", width="stretch", alt="Inspected image")
     st.image(result.overlay, caption=f"Grad-CAM overlay ({result.label})", width="stretch", alt="Grad-CAM overlay")
 
@@ -148,7 +148,7 @@ def models_page() -> None:
     aliases = promotion.aliases(mlflow_client, name)
     st.markdown("  ".join(f"**{alias}**: version {version}" for alias, version in sorted(aliases.items())) or "")
     st.subheader("Versions")
-    st.table([r.summary() for r in rows])
+    st.table([r.summary() for r in rows], hide_index=True)
     st.subheader("Gate results")
     for row in rows:
         label = f"version {row.version}: gates {row.summary()['gates']}"
