@@ -361,9 +361,15 @@ def _ui_links(cfg: Settings, summary: dict, prefect_ui: str | None) -> dict[str,
     return links
 
 
+TRAIN_DATA_HELP = (
+    "Data directory (Severstal layout or class folders), or NAME=DIR; repeat for several sources (joined by class "
+    "name, ids from the settings' class_names)."
+)
+
+
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Data directory (Severstal layout or class folders).")],
+    data: Annotated[list[str], typer.Option("--data", help=TRAIN_DATA_HELP)],
     model: Annotated[
         str | None, typer.Option(help="simple_cnn, mobilenet_v2 (default), mobilenet_v2_050 (a student) or resnet50.")
     ] = None,
@@ -395,8 +401,9 @@ def train(
     sizes = dict(batch_size=batch_size, lr=lr, height=height, width=width, weights=weights, freeze_stages=freeze_stages)
     sizes.update(distill_from=distill_from, distill_temperature=distill_temperature, distill_alpha=distill_alpha)
     run = dict(model=model, epochs=epochs, fmt=fmt, critical_class=critical_class, approval=approval, resume=resume)
+    run["data"] = data[0] if len(data) == 1 else list(data)  # one folder as before, or several sources
     summary = _run_training(
-        as_json, data=str(data), profile=profile, train_overrides=sizes, tune_trials=tune_trials, tune_workers=workers,
+        as_json, profile=profile, train_overrides=sizes, tune_trials=tune_trials, tune_workers=workers,
         **run,
     )  # fmt: skip
     emit(summary, as_json, lambda s: readable.training_report(s, _ui_links(cfg, s, prefect_ui)))

@@ -1,7 +1,8 @@
 """Deployments: what `steelqc serve` registers and runs on its schedules.
 
-* ``training-pipeline/nightly-retrain``: cron ``nightly_cron`` (``0 2 * * *``) in ``timezone``, on the data in
-  ``nightly_data`` (default ``STEELQC_HOME/incoming``), approval policy ``manual`` (an ML lead decides; the run
+* ``training-pipeline/nightly-retrain``: cron ``nightly_cron`` (``0 2 * * *``) in ``timezone``, on the sources
+  in ``data_sources`` (``NAME=DIR`` each, joined by class name), else the data in ``nightly_data`` (default
+  ``STEELQC_HOME/incoming``), approval policy ``manual`` (an ML lead decides; the run
   waits up to ``approval_timeout_s``), at most one run at a time.
 * ``drift-monitor/hourly``: cron ``0 * * * *`` in ``timezone``, on the ``monitor_inbox`` setting (default
   ``STEELQC_HOME/inbox``), at most one run at a time (the monitor's lock file guards it as well).
@@ -38,11 +39,17 @@ def nightly_deployment(settings: Settings):
     return training_pipeline.to_deployment(
         name=NIGHTLY,
         schedules=[Cron(settings.nightly_cron, timezone=settings.timezone, slug=NIGHTLY)],
-        parameters={"data": str(settings.incoming_dir.resolve()), "approval": "manual"},
+        parameters={"data": _nightly_data(settings), "approval": "manual"},
         concurrency_limit=1,
         tags=["steelqc", "nightly"],
         description="Nightly retraining on the newest factory images; an ML lead approves the promotion.",
     )
+
+
+def _nightly_data(settings: Settings) -> str | list[str]:
+    """The nightly run's ``data``: the one folder as before, or the list of sources (``NAME=DIR`` each)."""
+    sources = settings.nightly_sources
+    return sources[0] if len(sources) == 1 and not settings.data_sources else sources
 
 
 def drift_deployment(settings: Settings):

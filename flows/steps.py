@@ -13,7 +13,8 @@ from prefect import task
 
 from steelqc.tasks.config import Settings, load_settings
 from steelqc.tasks.data.labels import LabelSpace
-from steelqc.tasks.data.prepare import ingest_to_folder, split_run_folder
+from steelqc.tasks.data.prepare import split_run_folder
+from steelqc.tasks.data.sources import parse_sources, sources_to_folder
 from steelqc.tasks.runs import find_resumable, write_state
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,19 @@ def settings_for(overrides: dict | None) -> Settings:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=2)
-def ingest_step(data: str, fmt: str, critical_class: str | None, settings_overrides: dict) -> dict:
-    """Validate the data into a new run folder: manifest, masks, quarantine, fingerprint."""
+def ingest_step(data: str | list[str], fmt: str, critical_class: str | None, settings_overrides: dict) -> dict:
+    """Validate the data (one folder, or several sources ``NAME=DIR`` joined by class name) into a new run folder:
+    manifest, masks, quarantine, fingerprint."""
     settings = settings_for(settings_overrides)
-    result, summary = ingest_to_folder(Path(data), settings, fmt, critical_class, prefix="train", require_valid=True)
+    sources = parse_sources(data)
+    result, summary = sources_to_folder(
+        sources,
+        settings,
+        fmt,
+        critical_class,
+        prefix="train",
+        require_valid=True,  # type: ignore[arg-type]
+    )
     label_space = LabelSpace(result.class_names, result.critical_class)
     image_shape = (int(result.manifest["height"].median()), int(result.manifest["width"].median()))
     return {**summary, "run_dir": summary["out"], "label_space": label_space.to_dict(), "image_shape": image_shape}

@@ -340,7 +340,7 @@ def _alert_run_failed(flow: Any, flow_run: Any, state: Any) -> None:
 
 @flow(name=FLOW_NAME, log_prints=False, on_failure=[_alert_run_failed], on_crashed=[_alert_run_failed])
 def training_pipeline(
-    data: str,
+    data: str | list[str],
     model: str | None = None,
     epochs: int | None = None,
     fmt: str = "auto",
@@ -354,7 +354,8 @@ def training_pipeline(
     tune_workers: int = 1,
     reason: str | None = None,
 ) -> TrainingResult:
-    """Train, evaluate, gate and register a steel-defect classifier on ``data`` (tuning first when asked)."""
+    """Train, evaluate, gate and register a steel-defect classifier on ``data`` (a folder, or data sources ``NAME=DIR``
+    joined by class name; tuning first when asked)."""
     start, overrides = time.perf_counter(), settings_overrides or {}
     settings = settings_for(overrides)
     policy, started_by, flow_run_id = approval or settings.approval, promotion.actor(), _current_flow_run_id()

@@ -16,7 +16,15 @@ from typing import Any
 
 from steelqc.tasks.config import Gates
 
-GATE_NAMES = ("min_support", "macro_f1", "critical_recall", "critical_precision", "glare_delta_f1", "champion")
+GATE_NAMES = (
+    "min_support",
+    "macro_f1",
+    "critical_recall",
+    "critical_precision",
+    "glare_delta_f1",
+    "source_macro_f1",
+    "champion",
+)
 
 
 @dataclass
@@ -125,6 +133,7 @@ def evaluate_gates(
         "critical_recall": _ge(metrics.get("critical_recall"), gates.critical_recall_min),
         "critical_precision": _ge(metrics.get("critical_precision"), gates.critical_precision_min),
         "glare_delta_f1": _le((metrics.get("glare") or {}).get("delta_f1"), gates.glare_delta_f1_max),
+        "source_macro_f1": source_gate(metrics.get("per_source") or {}, gates),
         "champion": champion_gate(metrics, champion, gates),
     }
     ci = metrics.get("confidence_intervals")
@@ -152,6 +161,35 @@ def _ge(value: float | None, threshold: float) -> Gate:
 
 def _le(value: float | None, threshold: float) -> Gate:
     return _gate(value, threshold, value is not None and value <= threshold, rule="<=")
+
+
+def source_gate(per_source: dict[str, dict], gates: Gates) -> Gate:
+    """Every data source's own macro-F1 at least ``min_source_macro_f1`` (fairness across plants).
+
+    Judged with several sources only (one source is the whole test set: the ``macro_f1`` gate judges it). A source
+    with fewer than ``min_test_support_per_class`` test images in any class it holds is reported under
+    ``not_judged`` (with its thinnest class), not judged. ``value`` is the lowest judged macro-F1 (None when none is
+    judged); ``below`` lists the judged sources under the floor; ``per_source`` every source's macro-F1.
+    """
+    threshold, floor = gates.min_source_macro_f1, gates.min_test_support_per_class
+    figures = {name: f.get("macro_f1") for name, f in per_source.items()}
+    if len(per_source) < 2:
+        return _gate(
+            None, threshold, True, rule=">=", per_source=figures, reason="one source: the macro_f1 gate judges it"
+        )
+    judged, not_judged = {}, {}
+    for name, f in per_source.items():
+        support = f.get("support") or {}
+        thin = {c: n for c, n in support.items() if n < floor}
+        if not support:
+            not_judged[name] = "no test images"
+        elif thin:
+            not_judged[name] = f"fewer than {floor} test images of {', '.join(f'{c} ({n})' for c, n in thin.items())}"
+        else:
+            judged[name] = f.get("macro_f1")
+    below = {name: v for name, v in judged.items() if v is None or v < threshold}
+    value = min((v for v in judged.values() if v is not None), default=None)
+    return _gate(value, threshold, not below, rule=">=", per_source=figures, below=below, not_judged=not_judged)
 
 
 def champion_gate(metrics: dict, champion: ChampionScore | None, gates: Gates) -> Gate:

@@ -37,6 +37,9 @@ class Gates(BaseModel):
     glare_delta_f1_max: float = 0.03
     champion_macro_f1_tolerance: float = 0.005
     min_test_support_per_class: int = 5
+    min_source_macro_f1: float = 0.70
+    """Floor of every data source's own test macro-F1 (several sources only; a source with fewer than
+    ``min_test_support_per_class`` test images in a class it holds is reported, not judged)."""
 
 
 class TrainDefaults(BaseModel):
@@ -185,6 +188,11 @@ class Settings(BaseSettings):
     nightly_data: Path | None = Field(
         default=None, description="Folder the nightly retraining reads; default STEELQC_HOME/incoming."
     )
+    data_sources: list[str] | None = Field(
+        default=None,
+        description="Sources the nightly retraining reads, NAME=DIR (or DIR) each, joined by class name "
+        "(class_names gives the ids); default: nightly_data alone.",
+    )
     alert_webhook_url: str | None = Field(
         default=None, description="POST alerts (failed run, failed gates, awaiting approval) as JSON here."
     )
@@ -307,6 +315,12 @@ class Settings(BaseSettings):
     def incoming_dir(self) -> Path:
         """Where the nightly retraining reads its data."""
         return self.nightly_data or self.home / "incoming"
+
+    @property
+    def nightly_sources(self) -> list[str]:
+        """The nightly retraining's data sources (``NAME=DIR`` or ``DIR`` each): ``data_sources``, else the
+        ``incoming_dir`` alone."""
+        return list(self.data_sources) if self.data_sources else [str(self.incoming_dir.resolve())]
 
     @property
     def inbox(self) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from steelqc.tasks.data.datasets import InputSpec, ManifestDataset, read_image
+from steelqc.tasks.data.ingest import load_manifest
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.explain import gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
@@ -28,6 +29,7 @@ from steelqc.tasks.evaluation.metrics import (
     confidence_intervals,
     decide,
     most_confident_mistakes,
+    per_source,
     plot_confusion_matrix,
     plot_mistakes,
     plot_roc,
@@ -75,9 +77,11 @@ def assess(
     bootstrap_samples: int = 1000,
     max_cam_images: int = 64,
     calibration: dict | None = None,
+    held_classes: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` on ``frame`` clean, dimmed and brightened; write metrics.json (once, with ``calibration``,
-    how ``threshold`` was chosen, when given) and the plots.
+    how ``threshold`` was chosen, when given) and the plots. A frame with a ``source`` column gets ``per_source``
+    figures too (:func:`~steelqc.tasks.evaluation.metrics.per_source`; ``held_classes``: each source's classes).
 
     Returns ``{"metrics": {...}, "artifacts": {name: path}, "seconds": float}``.
     """
@@ -109,6 +113,10 @@ def assess(
     metrics["confidence_intervals"] = confidence_intervals(
         y_true, y_pred, names, critical, n_boot=bootstrap_samples, seed=seed, variant_preds=decided
     )
+    if "source" in frame:
+        metrics["per_source"] = per_source(
+            y_true, y_pred, frame["source"].astype(str).tolist(), names, critical, held_classes, bootstrap_samples, seed
+        )
     artifacts = {
         "confusion_matrix": plot_confusion_matrix(metrics["confusion_matrix"], names, out_dir / "confusion_matrix.png"),
         "roc": plot_roc(y_true, clean, names, out_dir / "roc.png"),
@@ -183,10 +191,20 @@ def evaluate_run(
         device=device,
         bootstrap_samples=bootstrap_samples,
         calibration=calibration,
+        held_classes=held_by_source(Path(run_dir)),
     )
     return Evaluation(
         result["metrics"], result["artifacts"], calibration, meta["model_name"], meta["input_spec"], label_space
     )
+
+
+def held_by_source(run_dir: Path) -> dict[str, list[str]] | None:
+    """Each source's class names over all its images (``run_dir/manifest.csv``); None without a ``source`` column."""
+    path = Path(run_dir) / "manifest.csv"
+    manifest = load_manifest(path) if path.exists() else None
+    if manifest is None or "source" not in manifest:
+        return None
+    return {str(s): sorted(set(group["label_name"].astype(str))) for s, group in manifest.groupby("source")}
 
 
 def _mistakes(

@@ -465,6 +465,52 @@ def confidence_intervals(
     return out
 
 
+# ----------------------------------------------------------------------------------------------- per source
+
+
+def per_source(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    sources: Sequence[str],
+    class_names: Sequence[str],
+    critical_index: int,
+    held_classes: Mapping[str, Sequence[str]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 42,
+    alpha: float = 0.05,
+) -> dict[str, dict]:
+    """Figures of each data source on its own images (fairness across plants and steel types).
+
+    ``sources`` names the source of each item; decided labels ``y_pred`` as for :func:`confidence_intervals`.
+    Returns ``{source: {n, macro_f1, critical_recall, support, confidence_intervals}}``: ``support`` counts the
+    source's test images by class name, for every class it holds (``held_classes``: a source's classes in all its
+    data, 0 when none reached its test images) and every class it has test images of; the macro-F1 runs over the
+    classes with support, ``critical_recall`` is None without critical images, and the intervals are the bootstrap
+    intervals of :func:`confidence_intervals` over the source's images alone.
+    """
+    n_classes = len(class_names)
+    critical_index = _check_critical(critical_index, n_classes)
+    y_true, y_pred = _as_labels(y_true, n_classes, "y_true"), _as_labels(y_pred, n_classes, "y_pred")
+    sources = np.asarray([str(s) for s in sources], dtype=object)
+    if sources.shape[0] != y_true.shape[0]:
+        raise ValueError(f"{sources.shape[0]} source names for {y_true.shape[0]} items")
+    out: dict[str, dict] = {}
+    for name in sorted(set(sources.tolist()) | set(held_classes or {})):
+        mine = sources == name
+        truth, pred = y_true[mine], y_pred[mine]
+        counts = np.bincount(truth, minlength=n_classes)
+        held = set((held_classes or {}).get(name, ()))
+        support = {c: int(counts[k]) for k, c in enumerate(class_names) if counts[k] > 0 or c in held}
+        out[name] = {
+            "n": int(mine.sum()),
+            "macro_f1": MacroF1(n_classes)(truth, pred) if truth.size else None,
+            "critical_recall": ClassRecall(critical_index)(truth, pred) if truth.size else None,
+            "support": support,
+            "confidence_intervals": confidence_intervals(truth, pred, class_names, critical_index, n_boot, seed, alpha),
+        }
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- mistakes
 
 
