@@ -68,6 +68,7 @@ class ApprovalRequest:
             **self.report.to_dict(),
             "figures": request_figures(self.metrics, self.champion),
             "test_images_per_class": images_per_class(self.metrics),
+            "per_source": self.metrics.get("per_source") or {},
             "champion_version": self.champion.version if self.champion is not None else None,
         }
 
@@ -134,6 +135,26 @@ def sizes_line(sizes: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sizes.items()) + f" ({sum(sizes.values())} in all)"
 
 
+def source_rows(metrics: dict[str, Any]) -> list[str]:
+    """A markdown table of each data source's figures (macro-F1 and critical recall with their 95 % intervals, test
+    images per class); no rows with fewer than two sources."""
+    sources = metrics.get("per_source") or {}
+    if len(sources) < 2:
+        return []
+    rows = [
+        "",
+        "| source | test images | macro-F1 | 95% CI | critical recall | 95% CI | test images per class |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, f in sources.items():
+        ci, sizes = f.get("confidence_intervals") or {}, sizes_line(f.get("support") or {})
+        rows.append(
+            f"| {name} | {f.get('n')} | {_fmt(f.get('macro_f1'))} | {_ci(ci.get('macro_f1'))} | "
+            f"{_fmt(f.get('critical_recall'))} | {_ci(ci.get('critical_recall'))} | {sizes} |"
+        )
+    return rows
+
+
 def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
     """What the reviewer sees: gate table, the comparison with the champion (with the challenger's 95 % intervals),
     the test images per class, how to decide."""
@@ -159,6 +180,7 @@ def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
         rows.append(f"| version | v{request.version} | | v{request.champion.version} |")
     else:
         rows.append("\nNo champion yet: this would be the first.")
+    rows += source_rows(request.metrics)
     rows += [
         "",
         f"**Test images per class**: {sizes_line(images_per_class(request.metrics))}. The intervals are "

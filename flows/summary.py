@@ -28,6 +28,7 @@ FIGURES = {
     "critical_precision": ("critical precision", "critical_precision", None),
     "glare_delta_f1": ("glare ΔF1 (largest drop)", None, "glare_delta_f1"),
     "min_support": ("test images per class", None, None),
+    "source_macro_f1": ("lowest source macro-F1", None, None),
     "champion": ("vs champion", None, None),
 }
 DEMO_NOTE = (
@@ -157,6 +158,21 @@ def figures_table(metrics: Mapping, gates: Mapping[str, Mapping] | None = None) 
     return table
 
 
+def sources_table(per_source: Mapping[str, Mapping]) -> Table:
+    """Each data source's figures: test images, macro-F1 and critical recall with their 95 % intervals, the test
+    images per class (how far the figures can move)."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for column in ("source", "images", "macro-F1", "95% CI", "critical recall", "95% CI", "per class"):
+        table.add_column(column, overflow="fold")
+    for name, f in per_source.items():
+        cis = f.get("confidence_intervals") or {}
+        table.add_row(
+            name, number(f.get("n")), number(f.get("macro_f1")), interval(cis.get("macro_f1")),
+            number(f.get("critical_recall")), interval(cis.get("critical_recall")), compact(f.get("support") or {}),
+        )  # fmt: skip
+    return table
+
+
 def details(rows: Iterable[tuple[str, Any]]) -> Table:
     """A two-column key/value grid (rows with a None value left out)."""
     grid = Table.grid(padding=(0, 2))
@@ -232,7 +248,10 @@ def training_report(summary: Mapping, links: Mapping[str, str] | None = None, no
         ("plots", _plots(summary.get("artifacts"), summary.get("run_dir"))),
         *(links or {}).items(),
     ]
-    parts: list[RenderableType] = [title, figures_table(metrics, gate_entries(summary)), details(rows)]
+    parts: list[RenderableType] = [title, figures_table(metrics, gate_entries(summary))]
+    if len(metrics.get("per_source") or {}) > 1:
+        parts.append(sources_table(metrics["per_source"]))
+    parts.append(details(rows))
     if note:
         parts += [Text(""), Text(note, style="yellow")]
     return Group(*parts)

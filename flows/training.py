@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from steelqc.flows import alerts
-from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval
+from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval, source_rows
 from steelqc.flows.steps import ingest_step, run_folder_step, settings_for, split_step
 from steelqc.flows.tuning import tune_step
 from steelqc.model_registry import packaging, promotion
@@ -453,12 +453,19 @@ def _flat_metrics(metrics: dict) -> dict[str, float]:
             flat[f"test_{key}"] = float(value)
         elif key == "glare" and isinstance(value, dict):
             flat.update({f"glare_{k}": float(v) for k, v in value.items() if isinstance(v, int | float)})
+        elif key == "per_source" and isinstance(value, dict):
+            for source, figures in value.items():
+                flat.update({f"source_{source}_{k}": float(v) for k, v in figures.items() if _is_number(v)})
         elif key == "per_class" and isinstance(value, dict):
             for cls, figures in value.items():
                 for name, v in (figures or {}).items():
                     if isinstance(v, int | float) and v is not None:
                         flat[f"test_{cls}_{name}"] = float(v)
     return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _fmt(value: Any) -> str:
@@ -493,6 +500,7 @@ def summary_markdown(result: TrainingResult, settings: Settings) -> str:
     lines += ["", "| gate | value | threshold | passed |", "|---|---|---|---|"]
     for name, gate in result.report.gates.items():
         lines.append(f"| {name} | {_fmt(gate.value)} | {gate.threshold} | {'✅' if gate.passed else '❌'} |")
+    lines += source_rows(m)
     lines += ["", f"**Verdict**: {result.report.reason}"]
     experiment = mlflow.get_experiment_by_name(settings.experiment)
     run_path = f"#/experiments/{experiment.experiment_id}/runs/{result.run_id}" if experiment else ""

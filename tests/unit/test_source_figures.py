@@ -79,3 +79,22 @@ def test_the_verdict_names_the_source_gate() -> None:
     report = evaluate_gates(metrics, Gates(min_source_macro_f1=0.7), "crack")
     assert not report.passed and report.reason == "failed: source_macro_f1"
     assert report.gates_dict()["source_macro_f1"]["below"] == {"b": 0.6}
+
+
+def test_the_approval_request_and_the_training_report_show_each_source() -> None:
+    from rich.console import Console  # noqa: PLC0415
+
+    from steelqc.flows.approval import source_rows  # noqa: PLC0415
+    from steelqc.flows.summary import training_report  # noqa: PLC0415
+
+    figures = per_source(
+        np.array([0, 1, 2, 0, 1, 2, 0, 1]), np.array([0, 1, 2, 0, 1, 2, 2, 0]), ["a"] * 6 + ["b"] * 2, NAMES, 1,
+        n_boot=50,
+    )  # fmt: skip
+    rows = source_rows({"per_source": figures})
+    assert rows[1].startswith("| source |") and any(r.startswith("| b | 2 | 0.0000 |") for r in rows)
+    assert source_rows({"per_source": {"a": figures["a"]}}) == []  # one source: the headline figures say it all
+    console = Console(record=True, width=160)
+    console.print(training_report({"metrics": {"per_source": figures}, "model_version": "1"}))
+    text = console.export_text()
+    assert "macro-F1" in text and "b " in text and "ok 1, crack 1" in text
