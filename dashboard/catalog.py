@@ -47,11 +47,21 @@ class VersionRow:
             "version": self.version,
             "aliases": ", ".join(self.aliases) or "-",
             "gates": passed,
-            "macro_f1": self.macro_f1 or "-",
-            "threshold": self.threshold or "-",
+            "macro_f1": _figure(self.macro_f1),
+            "threshold": _figure(self.threshold),
             "registered": self.created,
             "run": self.run_id or "-",
         }
+
+
+def _figure(text: str | None) -> str:
+    """A number from a tag to 4 decimals ("-" when missing; the text itself when it is not a number)."""
+    if text is None or text in ("", "None"):
+        return "-"
+    try:
+        return f"{float(text):.4f}"
+    except ValueError:
+        return text
 
 
 def _gates(tags: dict[str, str]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ def command(port: int = 8501, host: str = "127.0.0.1") -> list[str]:
         "--server.fileWatcherType", "none",
         "--server.runOnSave", "false",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
         "--global.developmentMode", "false",
     ]  # fmt: skip
 

@@ -1,0 +1,108 @@
+"""The inspection dashboard in a real browser: `steelqc.dashboard.server.run` serves the Streamlit app over the
+session's tiny champion, and Playwright drives Debian's chromium (never a browser Playwright downloads).
+
+Upload a real Severstal image and see the decision and its Grad-CAM overlay; open the Models page and see the
+champion's version and alias.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Champion, free_port, shared_path, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+# as infra/ui_screenshots.sh starts chromium (Playwright adds --headless)
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+]  # fmt: skip
+SERVE = "import sys; from pathlib import Path; from steelqc.dashboard.server import run; "
+SERVE += "sys.exit(run(port=int(sys.argv[1]), home=Path(sys.argv[2])))"
+RENDER_TIMEOUT_MS = 180_000  # the first decision imports torch, loads the model and runs Grad-CAM on a busy CPU
+
+
+def chromium() -> str:
+    """Debian's chromium, or skip the test saying how to install it."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.skip("Debian's chromium is not installed (`apt-get install -y chromium`; `make venv` tries it)")
+    return found
+
+
+@pytest.fixture
+def dashboard(champion: Champion, tmp_path: Path) -> Iterator[str]:
+    """The dashboard of the champion's STEELQC_HOME on a free loopback port, started as `steelqc dashboard` does
+    (:func:`steelqc.dashboard.server.run`); its URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEELQC_") or k == "STEELQC_SHARED_DATA"}
+    log_path = tmp_path / "dashboard.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE, str(port), str(champion.home)],
+            env=env, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/_stcore/health", proc, log_path, "the dashboard", 120)
+        yield url
+    finally:
+        proc.terminate()  # run() stops Streamlit on SIGTERM
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champion, tmp_path: Path) -> None:
+    browser_path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    images = sorted(shared_path("severstal-sample", "train_images").glob("*.jpg"))
+    if not images:
+        pytest.skip("no image in ../shared/data/severstal-sample/train_images")
+    image = images[0]
+    version = str(champion.summary["model_version"])
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(dashboard, wait_until="domcontentloaded")
+            expect(page.get_by_text("Inspect an image")).to_be_visible(timeout=60_000)
+            page.locator("input[type=file]").first.set_input_files(str(image))
+
+            predicted = page.get_by_text("Predicted:")
+            expect(predicted).to_be_visible(timeout=RENDER_TIMEOUT_MS)
+            label = predicted.inner_text().split(":", 1)[1].strip()
+            assert label in champion.summary["metrics"]["per_class"], label
+            overlay = page.get_by_alt_text("Grad-CAM overlay")
+            expect(overlay).to_be_visible(timeout=60_000)
+            expect(page.get_by_text(f"Grad-CAM overlay ({label})")).to_be_visible()
+            width = overlay.evaluate("img => img.complete ? img.naturalWidth : 0")
+            assert width > 0, "the Grad-CAM overlay did not load"
+            expect(page.get_by_text("threshold", exact=False).first).to_be_visible()
+            expect(page.get_by_text(f"version {version}", exact=False).first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+
+            page.goto(f"{dashboard}/models", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Models")).to_be_visible(timeout=60_000)
+            row = page.locator("table tr", has_text="champion").first
+            expect(row).to_be_visible(timeout=60_000)
+            assert row.locator("td").first.inner_text().strip() == version
+            expect(page.get_by_text("Audit trail")).to_be_visible()
+            promoted = page.locator("table tr", has_text="promote").filter(has_text="champion").first
+            expect(promoted).to_be_visible(timeout=60_000)  # the audit trail: who moved the alias to which version
+            expect(promoted).to_contain_text(str(champion.summary["aliases"]["champion"]))
+            page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
+        finally:
+            browser.close()
