@@ -54,14 +54,18 @@ class VersionRow:
         }
 
 
-def _figure(text: str | None) -> str:
-    """A number from a tag to 4 decimals ("-" when missing; the text itself when it is not a number)."""
-    if text is None or text in ("", "None"):
+def _figure(value: Any) -> str:
+    """A number (or a number's text, as tags hold it) to at most 4 decimals; "-" when missing; anything else as
+    its text (a gate's threshold may be a table)."""
+    if value is None or value in ("", "None"):
         return "-"
+    if isinstance(value, bool):
+        return str(value)
     try:
-        return f"{float(text):.4f}"
-    except ValueError:
-        return text
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number.is_integer() and "." not in str(value) else f"{number:.4g}"
 
 
 def _gates(tags: dict[str, str]) -> dict[str, Any]:
@@ -116,8 +120,8 @@ def gate_rows(gates: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(
             {
                 "gate": str(gate),
-                "value": str(result.get("value")),
-                "threshold": str(result.get("threshold")),
+                "value": _figure(result.get("value")),
+                "threshold": _figure(result.get("threshold")),
                 "passed": str(result.get("passed")),
             }
         )

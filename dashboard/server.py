@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 APP = Path(__file__).resolve().with_name("app.py")
@@ -23,7 +25,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def command(port: int = 8501, host: str = "127.0.0.1") -> list[str]:
-    """The ``streamlit run`` command line of the dashboard: headless, no usage statistics, no file watcher."""
+    """The ``streamlit run`` command line of the dashboard: headless, no usage statistics, no file watcher, uploads
+    no larger than ingest reads."""
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.headless", "true",
@@ -33,6 +36,7 @@ def command(port: int = 8501, host: str = "127.0.0.1") -> list[str]:
         "--server.runOnSave", "false",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
+        "--server.maxUploadSize", str(max(1, DEFAULT_MAX_IMAGE_BYTES // 2**20)),  # MB; the app checks the setting
         "--global.developmentMode", "false",
     ]  # fmt: skip
 

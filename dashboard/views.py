@@ -9,7 +9,6 @@ Settings come from the environment (``STEELQC_*``, as every command reads them);
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import streamlit as st
 from mlflow import MlflowClient
@@ -22,6 +21,7 @@ from steelqc.model_registry import packaging, promotion
 from steelqc.model_registry.packaging import SteelDefectModel, UnsafeModel
 from steelqc.model_registry.store import client, configure
 from steelqc.tasks.config import Settings
+from steelqc.tasks.data.imageio import read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ def _version_choice(settings: Settings, mlflow_client: MlflowClient) -> str | No
     return st.sidebar.selectbox("Model version", order, index=index, format_func=labels.__getitem__)
 
 
-def _image_source() -> tuple[str, bytes] | None:
-    """The image to inspect: an upload, or one picked from a folder on the dashboard's machine."""
+def _image_source(max_bytes: int) -> tuple[str, bytes] | None:
+    """The image to inspect: an upload, or one picked from a folder on the dashboard's machine (a regular file,
+    read up to ``max_bytes`` + 1 bytes: a larger one is refused before decoding)."""
     upload_tab, folder_tab = st.tabs(["Upload", "From a folder"])
     with upload_tab:
         uploaded = st.file_uploader("Image of a steel surface", type=UPLOAD_TYPES)
@@ -87,7 +88,7 @@ def _image_source() -> tuple[str, bytes] | None:
     if uploaded is not None:
         return uploaded.name, uploaded.getvalue()
     if picked is not None:
-        return str(picked), Path(picked).read_bytes()
+        return str(picked), read_regular_file(picked, max_bytes)
     return None
 
 
@@ -114,7 +115,7 @@ def inspect_page() -> None:
     st.title("Inspect an image")
     settings, mlflow_client = registry()
     version = _version_choice(settings, mlflow_client)
-    source = _image_source()
+    source = _image_source(settings.max_image_bytes)
     if version is None or source is None:
         return
     uri = catalog.version_uri(settings.registered_model, version)
@@ -124,6 +125,9 @@ def inspect_page() -> None:
         st.error(f"Cannot load {uri}: {exc}")
         return
     name, data = source
+    if len(data) > settings.max_image_bytes:
+        st.error(f"{name} is larger than {settings.max_image_bytes} bytes (STEELQC_MAX_IMAGE_BYTES).")
+        return
     try:
         result = inspect_image(model, data)
     except (OSError, ValueError) as exc:  # not an image, truncated, too large...
