@@ -63,7 +63,7 @@ def run(port: int = 8501, host: str = "127.0.0.1", home: Path | None = None) -> 
         log.warning("the dashboard has no login; %s exposes it beyond this machine (use a reverse proxy)", host)
     argv = command(port, host)
     log.info("dashboard on http://%s:%d", host, port)
-    proc = subprocess.Popen(argv, env=environment(home))
+    proc = subprocess.Popen(argv, env=environment(home), stdout=sys.stderr)  # stdout holds only the CLI summary
     previous = _on_sigterm(lambda *_: proc.terminate())
     try:
         proc.wait()

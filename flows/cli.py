@@ -886,5 +886,24 @@ def demo(
     emit(summary, as_json, lambda s: readable.demo_report(s, _ui_links(cfg, s, prefect_ui)))
 
 
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
+    host: Annotated[str, typer.Option(help="Address to bind (no login: keep 127.0.0.1 unless behind a proxy).")] = (
+        "127.0.0.1"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """The inspection dashboard (Streamlit): Inspect, Review, Models, Monitoring; runs until stopped (README
+    "Inspection dashboard"). Its address goes to stdout first (one JSON object with --json)."""
+    from steelqc.dashboard.server import run as run_dashboard  # noqa: PLC0415  (Streamlit: slow)
+
+    emit({"url": f"http://{host}:{port}", "host": host, "port": port}, as_json)
+    code = run_dashboard(port=port, host=host)
+    if code not in (0, -2, 130):  # Ctrl-C stops it on purpose
+        log.error("the dashboard stopped with exit code %s", code)
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     run()

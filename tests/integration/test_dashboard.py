@@ -7,17 +7,17 @@ champion's version and alias.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Champion, free_port, shared_path, wait_for_http
+from tests.helpers import STEELQC, Champion, free_port, shared_path, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,6 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 ]  # fmt: skip
-SERVE = "import sys; from pathlib import Path; from steelqc.dashboard.server import run; "
-SERVE += "sys.exit(run(port=int(sys.argv[1]), home=Path(sys.argv[2])))"
 RENDER_TIMEOUT_MS = 180_000  # the first decision imports torch, loads the model and runs Grad-CAM on a busy CPU
 
 
@@ -41,19 +39,23 @@ def chromium() -> str:
 
 @pytest.fixture
 def dashboard(champion: Champion, tmp_path: Path) -> Iterator[str]:
-    """The dashboard of the champion's STEELQC_HOME on a free loopback port, started as `steelqc dashboard` does
-    (:func:`steelqc.dashboard.server.run`); its URL."""
+    """`steelqc dashboard --port P --json` over the champion's STEELQC_HOME on a free loopback port; its URL, once
+    it answers. Its stdout is the one JSON object naming that URL (Streamlit's own output goes to stderr)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEELQC_") or k == "STEELQC_SHARED_DATA"}
-    log_path = tmp_path / "dashboard.log"
-    with log_path.open("w") as log:
+    env["STEELQC_HOME"] = str(champion.home)
+    log_path, out_path = tmp_path / "dashboard.log", tmp_path / "dashboard.out"
+    with log_path.open("w") as log, out_path.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE, str(port), str(champion.home)],
-            env=env, stdout=log, stderr=log, start_new_session=True,
+            [*STEELQC, "dashboard", "--port", str(port), "--json"],
+            env=env, stdout=out, stderr=log, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/_stcore/health", proc, log_path, "the dashboard", 120)
+        assert [json.loads(line) for line in out_path.read_text().splitlines()] == [
+            {"url": url, "host": "127.0.0.1", "port": port}
+        ]
         yield url
     finally:
         proc.terminate()  # run() stops Streamlit on SIGTERM
