@@ -181,6 +181,8 @@ class ReviewQueue(ABC):
             if not _SHA256.match(sha):
                 raise ValueError(f"review queue: {sha!r} is not a SHA-256 hex digest ({row.get('uri')})")
             rel = f"queue/{sha}.json"
+            if self._exists(f"done/{sha}.json"):  # labelled already (review_labels.py): in the reviewed source
+                continue
             given = row.get("reasons")
             reasons = [str(r) for r in given] if isinstance(given, list | tuple | np.ndarray) else []
             raw = self._read(rel)

@@ -22,6 +22,8 @@ DEFAULT_CLASS_NAMES: dict[int, str] = {0: "ok", 1: "crack", 2: "scratch", 3: "de
 SEVERSTAL_SHAPE: tuple[int, int] = (256, 1600)
 """(height, width) of a Severstal image: the default image size and RLE mask shape (defined here only)."""
 DEFAULT_SEED = 42
+REVIEWED_SOURCE = "reviewed"
+"""Name (and folder under ``home``) of the data source that `steelqc review` fills."""
 OPTUNA_HEARTBEAT_S = 30
 OPTUNA_GRACE_S = 90
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -234,6 +236,9 @@ class Settings(BaseSettings):
         default=0.1, ge=0, description="Queue images whose critical probability is this close to the threshold."
     )
     review_drift_sample: int = Field(default=20, ge=0, description="Images of a drifted batch queued at random.")
+    review_votes: int = Field(
+        default=1, ge=1, description="Agreeing labels that move a queued image into the reviewed source."
+    )
     novelty_quantile: float = Field(
         default=0.99, gt=0.5, lt=1.0, description="Share of familiar validation images under the novelty threshold."
     )
@@ -319,8 +324,30 @@ class Settings(BaseSettings):
     @property
     def nightly_sources(self) -> list[str]:
         """The nightly retraining's data sources (``NAME=DIR`` or ``DIR`` each): ``data_sources``, else the
-        ``incoming_dir`` alone."""
-        return list(self.data_sources) if self.data_sources else [str(self.incoming_dir.resolve())]
+        ``incoming_dir`` alone; plus ``reviewed=<reviewed_dir>`` when it holds an image and no source names it."""
+        sources = list(self.data_sources) if self.data_sources else [str(self.incoming_dir.resolve())]
+        return (
+            [*sources, f"{REVIEWED_SOURCE}={self.reviewed_dir.resolve()}"]
+            if self._reviewed_is_new(sources)
+            else sources
+        )
+
+    @property
+    def reviewed_dir(self) -> Path:
+        """The ``reviewed`` data source: images labelled through `steelqc review`, one folder a class."""
+        return self.home / REVIEWED_SOURCE
+
+    def _reviewed_is_new(self, sources: list[str]) -> bool:
+        """Whether the nightly run should add the ``reviewed`` source: it holds an image and no source names it."""
+        folder = self.reviewed_dir.resolve()
+        named = any(
+            s.partition("=")[0] == REVIEWED_SOURCE or Path(s.partition("=")[2] or s).resolve() == folder
+            for s in sources
+        )
+        holds = folder.is_dir() and any(
+            f.is_file() and not f.name.startswith(".") for c in folder.iterdir() if c.is_dir() for f in c.iterdir()
+        )
+        return holds and not named
 
     @property
     def inbox(self) -> str:
