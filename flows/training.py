@@ -25,7 +25,7 @@ from steelqc.flows import alerts
 from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval, source_rows
 from steelqc.flows.steps import ingest_step, run_folder_step, settings_for, split_step
 from steelqc.flows.tuning import tune_step
-from steelqc.model_registry import packaging, promotion
+from steelqc.model_registry import card, packaging, promotion
 from steelqc.model_registry.champion import score_champion
 from steelqc.model_registry.gates import ChampionScore, GateReport, evaluate_gates
 from steelqc.model_registry.policy import PromotionOutcome, decide_promotion
@@ -240,6 +240,14 @@ def promote_step(
     )  # fmt: skip
 
 
+@task(name="model-card", retries=2, retry_delay_seconds=2)
+def card_step(version: str, facts: dict, settings_overrides: dict) -> str:
+    """Write the version's model card (``card/model_card.md`` in its run, with the audit trail as it is now; again
+    once the approval outcome is in). Returns the card's URI."""
+    settings, mlflow_client = _mlflow(settings_overrides)
+    return card.write_card(mlflow_client, settings.registered_model, version, facts)
+
+
 # ------------------------------------------------------------------------------------------- the result
 
 
@@ -267,6 +275,7 @@ class TrainingResult:
     alert: dict[str, Any] | None = None
     aliases: dict[str, str] | None = None
     seconds: float | None = None
+    model_card: str | None = None
 
     @property
     def promoted(self) -> bool:
@@ -285,6 +294,21 @@ class TrainingResult:
             self.registered_model, self.model_version, self.run_id, self.report, self.metrics,
             self.champion_before, self.started_by, self.flow_run_id,
         )  # fmt: skip
+
+    def card_facts(self) -> dict[str, Any]:
+        """What the model card is rendered from (:func:`steelqc.model_registry.card.render_card`)."""
+        return {
+            "model": {
+                "architecture": self.evaluation.architecture,
+                "critical_class": self.evaluation.label_space.critical_class,
+                "threshold": self.evaluation.threshold,
+                "code_version": code_version(),
+            },
+            "data": {k: self.ingest[k] for k in card.DATA_KEYS if k in self.ingest},
+            "metrics": self.metrics,
+            "gates": self.report.gates_dict(),
+            "verdict": self.report.verdict.to_dict(),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """``gates`` holds the gates only; the verdict over them is ``verdict``."""
@@ -311,7 +335,7 @@ class TrainingResult:
             "approval_policy": self.approval_policy,
             "seconds": self.seconds,
         }
-        optional = {"alert": self.alert, "tuning": self.tuning}
+        optional = {"alert": self.alert, "tuning": self.tuning, "model_card": self.model_card}
         if self.approval is not None:
             optional["approval"] = self.approval.approval
         return out | {k: v for k, v in optional.items() if v is not None}
@@ -380,7 +404,7 @@ def training_pipeline(
         run_id, version, run_dir, ingest, splits, train, evaluation, report, champion, outcome,
         settings.registered_model, settings.mlflow_uri, started_by, flow_run_id, policy, tuning,
     )  # fmt: skip
-    _follow_up(settings, result)
+    _follow_up_with_card(settings, result, overrides)
     return _finish(settings, result, time.perf_counter() - start)
 
 
@@ -405,6 +429,15 @@ def _tuned_config(
         cfg = TrainConfig.from_dict({**cfg.to_dict(), **tuning["best_params"]})
         client(settings).log_param(run_id, "tuned_params", json.dumps(tuning["best_params"]))
     return cfg, tuning
+
+
+def _follow_up_with_card(settings: Settings, result: TrainingResult, overrides: dict) -> None:
+    """The version's model card, then :func:`_follow_up`; the card again once an approval outcome is in (its
+    approval record)."""
+    result.model_card = card_step(result.model_version, result.card_facts(), overrides)
+    _follow_up(settings, result)
+    if result.approval is not None:
+        card_step(result.model_version, result.card_facts(), overrides)
 
 
 def _follow_up(settings: Settings, result: TrainingResult) -> None:
@@ -512,6 +545,7 @@ def summary_markdown(result: TrainingResult, settings: Settings) -> str:
         f"`mlflow ui --backend-store-uri {result.tracking_uri}`)",
         "",
         "Plots (MLflow artifacts under `evaluation/`): " + ", ".join(plots),
+        f"\nModel card: `{result.model_card}` (MLflow run artifact `card/model_card.md`)" if result.model_card else "",
         f"\nRun folder: `{result.run_dir}`",
     ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Export a registered (or logged) model for the plant (``steelqc export``): the model is loaded the safe way
 (:func:`~steelqc.model_registry.packaging.load`), its training run's folder gives real images (the test split for
 parity and the INT8 gate, the training split for INT8 calibration), and the export directory with its figures is
-logged as artifacts of the version's MLflow run (``export/``)."""
+logged as artifacts of the version's MLflow run (``export/``); the version's model card then lists the exported
+formats with their latency (:func:`~steelqc.model_registry.card.refresh_card`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from steelqc.model_registry import packaging
+from steelqc.model_registry import card, packaging
 from steelqc.tasks.model.export import ExportRequest, export_model
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,14 @@ def _training_run_dir(client: MlflowClient, run_id: str | None, data: Path | Non
         return None
     tag = client.get_run(run_id).data.tags.get(RUN_DIR_TAG)
     return Path(tag) if tag and Path(tag).is_dir() else None
+
+
+def card_exports(summary: dict[str, Any], logged: str | None) -> dict[str, Any]:
+    """What the model card shows of an export: files, recommended format, latency, parity, the INT8 verdict."""
+    int8 = summary.get("int8") or {}
+    keys = ("files", "recommended", "latency", "parity")
+    verdict = {"published": int8.get("published"), "reason": int8.get("reason")}
+    return {**{k: summary.get(k) for k in keys}, "int8": verdict, "logged": logged}
 
 
 def export_registered(
@@ -101,5 +110,6 @@ def export_registered(
         logged = f"runs:/{run_id}/{EXPORT_ARTIFACT}"
         if version is not None:
             client.set_model_version_tag(version.name, version.version, EXPORT_TAG, summary["recommended"])
+            card.refresh_card(client, version.name, version.version, exports=card_exports(summary, logged))
         log.info("export logged to %s", logged)
     return {"model": model_uri, "source": source, **summary, "logged": logged}
