@@ -752,6 +752,86 @@ def registry_repackage(
         raise typer.Exit(1)
 
 
+review = typer.Typer(
+    help='The labelling queue the drift monitor fills (README "Drift monitoring").', no_args_is_help=True
+)
+app.add_typer(review, name="review")
+
+
+def _label_desk(as_json: bool):
+    """The settings' local review queue, ready to label; a bad queue setting exits 2."""
+    from steelqc.monitoring.review_labels import LabelDesk, LabelError  # noqa: PLC0415  (review.py: boto3)
+
+    try:
+        return LabelDesk.open(settings())
+    except LabelError as exc:
+        _fail(str(exc), as_json)
+        raise  # unreachable
+
+
+def _apply_labels(rows: list, as_json: bool, file: str | None = None) -> dict:
+    """Apply the label rows all or nothing; the summary: each changed image, then the queue's counts."""
+    from steelqc.monitoring.review_labels import LabelError, summary_of  # noqa: PLC0415  (review.py: boto3)
+
+    desk = _label_desk(as_json)
+    try:
+        changed = desk.apply(rows, file)
+    except LabelError as exc:
+        _fail(str(exc), as_json, file=exc.file, row=exc.row)
+        raise  # unreachable
+    return {"labelled": [summary_of(e) for e in changed], **desk.counts(), "queue": str(desk.root),
+            "reviewed_dir": str(desk.reviewed)}  # fmt: skip
+
+
+@review.command("list")
+def review_list(
+    disputed: Annotated[bool, typer.Option("--disputed", help="Only the images whose labels differ.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The queued images, oldest first, with why each was picked and the votes so far; counts of queued, reviewed
+    and disputed images."""
+    from steelqc.monitoring.review_labels import summary_of  # noqa: PLC0415  (review.py: boto3)
+
+    desk = _label_desk(as_json)
+    entries = [summary_of(e) for e in desk.queued().values() if e.get("disputed") or not disputed]
+    emit({**desk.counts(), "queue": str(desk.root), "reviewed_dir": str(desk.reviewed), "images": entries}, as_json)
+
+
+@review.command("label")
+def review_label(
+    image: Annotated[str, typer.Argument(help="A queued image: its SHA-256 (or 6+ leading characters), path or name.")],
+    label: Annotated[str, typer.Argument(metavar="CLASS", help="Its class (a name of the class_names setting).")],
+    reviewer: Annotated[str | None, typer.Option(help="Who labels (default: the OS user).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Label one queued image; it moves into STEELQC_HOME/reviewed/<class>/ once review_votes labels agree, and is
+    marked disputed when labels differ. Exit 2 on an unknown image or class."""
+    from steelqc.monitoring.review_labels import LabelRow, default_reviewer  # noqa: PLC0415  (review.py: boto3)
+
+    row = LabelRow(image, label, (reviewer or "").strip() or default_reviewer())
+    emit(_apply_labels([row], as_json), as_json)
+
+
+@review.command("import")
+def review_import(
+    file: Annotated[Path, typer.Argument(help="CSV with the columns image,label,reviewer.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a CSV of labels (image,label,reviewer) all or nothing: a bad row exits 2 naming the file, row and
+    fault, and no label of the file is applied."""
+    from steelqc.monitoring.review_labels import LabelError, parse_label_csv  # noqa: PLC0415  (review.py: boto3)
+
+    try:
+        rows = parse_label_csv(file.read_text(encoding="utf-8-sig"), str(file))
+    except LabelError as exc:
+        _fail(str(exc), as_json, file=exc.file, row=exc.row)
+        raise  # unreachable
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"{file}: cannot be read ({getattr(exc, 'strerror', None) or exc})", as_json, file=str(file))
+        raise  # unreachable
+    emit({"file": str(file), "rows": len(rows), **_apply_labels(rows, as_json, str(file))}, as_json)
+
+
 server = typer.Typer(help="Local Prefect (UI on :4200) and MLflow (:5000) servers.", no_args_is_help=True)
 app.add_typer(server, name="server")
 WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or mlflow (default both).")]
