@@ -246,6 +246,7 @@ def training_report(summary: Mapping, links: Mapping[str, str] | None = None, no
         ("trained", _train_line(summary.get("train"))),
         ("run folder", summary.get("run_dir")),
         ("plots", _plots(summary.get("artifacts"), summary.get("run_dir"))),
+        ("model card", summary.get("model_card")),
         *(links or {}).items(),
     ]
     parts: list[RenderableType] = [title, figures_table(metrics, gate_entries(summary))]
