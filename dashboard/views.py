@@ -1,4 +1,4 @@
-"""The dashboard's pages (Streamlit): *Inspect*, *Models*, and the placeholders *Review* and *Monitoring*.
+"""The dashboard's pages (Streamlit): *Inspect*, *Models*, *Monitoring*, and the placeholder *Review*.
 
 Every page reads the registry and loaded models only: nothing here trains, so no page waits on a training run.
 Settings come from the environment (``STEELQC_*``, as every command reads them); models load with
@@ -9,13 +9,16 @@ Settings come from the environment (``STEELQC_*``, as every command reads them);
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import streamlit as st
+import streamlit.components.v1 as components
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from streamlit.navigation.page import StreamlitPage
 
-from steelqc.dashboard import catalog
+from steelqc.dashboard import catalog, drift
 from steelqc.dashboard.inspection import Inspection, folder_images, inspect_image
 from steelqc.model_registry import packaging, promotion
 from steelqc.model_registry.packaging import SteelDefectModel, UnsafeModel
@@ -182,6 +185,21 @@ def review_page() -> None:
 
 
 def monitoring_page() -> None:
-    """Placeholder: drift and novelty over time (built with the review queue)."""
+    """The drift monitor's recent decisions with their figures, and a run's Evidently report."""
     st.title("Monitoring")
-    st.info(PLACEHOLDER)
+    settings, mlflow_client = registry()
+    rows = drift.decisions(settings)
+    if not rows:
+        st.info("No monitoring run yet: `steelqc monitor` (or the scheduled drift-monitor) records them here.")
+        return
+    st.subheader("Recent drift decisions")
+    st.table(rows, hide_index=True)
+    choice = st.selectbox("Evidently report of the run", [r["monitoring_run_id"] for r in rows], index=0)
+    with tempfile.TemporaryDirectory(prefix="steelqc-report-") as tmp:
+        html = drift.report_html(mlflow_client, choice, Path(tmp)) if choice else None
+    if html is None:
+        st.caption("This run logged no drift report (no usable image, or nothing new).")
+    else:
+        st.download_button("Download the report", html, file_name=f"drift_report_{choice}.html", mime="text/html")
+        components.html(html, height=900, scrolling=True)
+    st.caption(f"Live precision and recall from reviewed labels: {PLACEHOLDER}")

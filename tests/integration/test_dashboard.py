@@ -106,5 +106,10 @@ def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champio
             expect(promoted).to_be_visible(timeout=60_000)  # the audit trail: who moved the alias to which version
             expect(promoted).to_contain_text(str(champion.summary["aliases"]["champion"]))
             page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
+
+            page.goto(f"{dashboard}/monitoring", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Monitoring")).to_be_visible(timeout=60_000)
+            decisions = page.get_by_text("Recent drift decisions").or_(page.get_by_text("No monitoring run yet"))
+            expect(decisions.first).to_be_visible(timeout=60_000)
         finally:
             browser.close()
