@@ -55,6 +55,7 @@ class ApprovalRequest:
     champion: ChampionScore | None
     started_by: str
     flow_run_id: str | None
+    model_card: str | None = None  # runs:/<run>/card/model_card.md: what the version is good for
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON: who and what, the gates and verdict, each headline figure with its 95 % interval
@@ -65,6 +66,7 @@ class ApprovalRequest:
             "run_id": self.run_id,
             "flow_run_id": self.flow_run_id,
             "started_by": self.started_by,
+            "model_card": self.model_card,
             **self.report.to_dict(),
             "figures": request_figures(self.metrics, self.champion),
             "test_images_per_class": images_per_class(self.metrics),
@@ -162,7 +164,8 @@ def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
         f"# Approval needed: {request.name} v{request.version} → champion",
         "",
         f"Started by **{request.started_by}** (who may not approve it). Waiting up to {timeout_s / 3600:.1f} h; "
-        "without a decision the champion stays as it is.",
+        "without a decision the champion stays as it is."
+        + (f" Model card: `{request.model_card}`." if request.model_card else ""),
         "",
         "| gate | value | threshold | passed |",
         "|---|---|---|---|",

@@ -292,7 +292,7 @@ class TrainingResult:
     def approval_request(self) -> ApprovalRequest:
         return ApprovalRequest(
             self.registered_model, self.model_version, self.run_id, self.report, self.metrics,
-            self.champion_before, self.started_by, self.flow_run_id,
+            self.champion_before, self.started_by, self.flow_run_id, self.model_card,
         )  # fmt: skip
 
     def card_facts(self) -> dict[str, Any]:

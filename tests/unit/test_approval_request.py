@@ -3,6 +3,7 @@ details carry every headline figure with its 95 % interval (glare ΔF1 included)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from steelqc.flows.approval import REQUEST_ARTIFACT, ApprovalRequest, _log_request, alert_details, request_markdown
@@ -100,3 +101,11 @@ def test_the_json_is_kept_with_the_mlflow_run_and_a_failure_does_not_stop_approv
     assert recording.logged == [("run-1", request().to_dict(), REQUEST_ARTIFACT)]
     _log_request(RecordingClient(fail=True), request())  # no exception
     assert "artifact store unreachable" in caplog.text
+
+
+def test_the_request_links_the_model_card_when_there_is_one() -> None:
+    card = "runs:/run-1/card/model_card.md"
+    with_card = dataclasses.replace(request(), model_card=card)
+    assert f"Model card: `{card}`." in request_markdown(with_card, 3600)
+    assert with_card.to_dict()["model_card"] == card
+    assert "Model card" not in request_markdown(request(), 3600) and request().to_dict()["model_card"] is None
