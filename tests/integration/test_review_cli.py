@@ -4,14 +4,19 @@ labellers of one image."""
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import json
 import os
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from steelqc.monitoring.review import open_review_queue
 from steelqc.tasks.config import Settings
@@ -112,28 +117,57 @@ def test_import_is_all_or_nothing(steelqc_home: Path, tmp_path: Path) -> None:
     assert queued_files(steelqc_home) == []
 
 
-def test_two_concurrent_labellers_of_one_image(steelqc_home: Path) -> None:
+def opened(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux /proc)."""
+    try:
+        return any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # exited, or a descriptor closed while listing
+        return False
+
+
+@contextmanager
+def queue_lock(path: Path) -> Iterator[None]:
+    """Hold the review queue's lock file, as a labelling process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def test_concurrent_labellers_of_one_image(steelqc_home: Path) -> None:
+    """Four `steelqc review label` processes on one image, released together: all of them wait on the queue's lock
+    (the test holds it until each has opened it), then exactly one labels the image and the others find it gone."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs Linux /proc to see the processes waiting")
     shas = fill_queue(steelqc_home, 3)
     env = {**os.environ, "STEELQC_HOME": str(steelqc_home)}
-    procs = [
-        subprocess.Popen(
-            [*STEELQC, "review", "label", shas[1], label, "--reviewer", who, "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for label, who in (("crack", "ann"), ("scratch", "bob"))
-    ]
-    results = [(p.wait(timeout=120), json.loads(p.stdout.read())) for p in procs]
-    for p in procs:
-        p.stdout.close(), p.stderr.close()
+    lock = steelqc_home / "review" / ".lock"
+    votes = (("crack", "ann"), ("scratch", "bob"), ("crack", "cy"), ("dent", "dee"))
+    with queue_lock(lock):
+        procs = [
+            subprocess.Popen(
+                [*STEELQC, "review", "label", shas[1], label, "--reviewer", who, "--json"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for label, who in votes
+        ]
+        deadline = time.monotonic() + 120
+        while not all(opened(p.pid, lock) for p in procs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a labeller did not start"
+            time.sleep(0.05)
+    results = [(p.wait(timeout=120), json.loads(p.communicate()[0])) for p in procs]
 
-    assert sorted(code for code, _ in results) == [0, 2]  # one moved it, the other found it gone
-    loser = next(out for code, out in results if code == 2)
-    assert "is not in the review queue" in loser["error"]
+    assert sorted(code for code, _ in results) == [0, 2, 2, 2]  # one moved it, the others found it gone
+    assert all("is not in the review queue" in out["error"] for code, out in results if code == 2)
     reviewed = reviewed_files(steelqc_home)
     queued = queued_files(steelqc_home)
     assert [p.stem for p in reviewed] == [shas[1]]  # exactly one copy
     assert sorted(p.stem for p in reviewed + queued) == sorted(shas)  # nothing lost, nothing twice
     assert not list((steelqc_home / "reviewed").rglob(".*"))  # no temporary file left
+    winner = next(out for code, out in results if code == 0)["labelled"][0]
+    record = json.loads((steelqc_home / "review" / "done" / f"{shas[1]}.json").read_text())
+    assert reviewed[0].parent.name == winner["reviewed_as"] == record["reviewed_as"]
+    assert len(record["labels"]) == 1  # no other label went anywhere
