@@ -254,20 +254,20 @@ class LabelDesk:
         """Apply ``rows`` all or nothing (checked against the queue under the lock first); the changed entries."""
         with self.locked():
             changed = plan(self.queued(), rows, self.settings.class_names, self.settings.review_votes, utc_now(), file)
-            for entry in changed.values():
-                self._commit(entry)
-        return list(changed.values())
+            return [self._commit(entry) for entry in changed.values()]
 
-    def _commit(self, entry: dict[str, Any]) -> None:
+    def _commit(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Write a changed entry: back into the queue, or (reviewed) through the three steps; the entry written."""
         sha = entry["sha256"]
         if entry["status"] != "reviewed":
             atomic_write_bytes(self.root / "queue" / f"{sha}.json", json.dumps(entry, indent=1).encode())
-            return
+            return entry
         source = Path(str(entry["image"]))
         entry = {**entry, "reviewed_image": str(self.reviewed / entry["reviewed_as"] / f"{sha}{source.suffix}")}
         atomic_write_bytes(self.root / "done" / f"{sha}.json", json.dumps(entry, indent=1).encode())
         self._finish(entry)
         log.info("reviewed %s as %s: %s", sha[:12], entry["reviewed_as"], entry["reviewed_image"])
+        return entry
 
     def _finish(self, entry: dict[str, Any]) -> None:
         """Steps 2 and 3 of the module docstring (idempotent)."""

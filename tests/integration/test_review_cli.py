@@ -58,6 +58,7 @@ def test_label_moves_an_image_into_reviewed(steelqc_home: Path) -> None:
     assert entry["votes"] == {getpass.getuser(): "crack"}  # the OS user by default
     assert (out["queued"], out["reviewed"], out["disputed"]) == (1, 1, 0)
     target = steelqc_home / "reviewed" / "crack" / f"{sha}.png"
+    assert entry["reviewed_image"] == str(target)
     assert reviewed_files(steelqc_home) == [target]
     assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
     assert [p.stem for p in queued_files(steelqc_home)] == [other]
