@@ -23,8 +23,9 @@ from steelqc.tasks.config import Settings
 from tests.helpers import STEELQC, run, write_image
 
 
-def fill_queue(home: Path, n: int) -> list[str]:
-    """``n`` small images queued as the drift monitor queues them; their hashes, in order."""
+def fill_queue(home: Path, n: int, new: int | None = None) -> list[str]:
+    """``n`` small images queued as the drift monitor queues them (``new`` of them new: all by default); their
+    hashes, in order."""
     settings = Settings()
     rows = []
     for i in range(n):
@@ -32,7 +33,9 @@ def fill_queue(home: Path, n: int) -> list[str]:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         rows.append({"uri": str(path), "sha256": sha, "predicted": "ok", "confidence": 0.5, "critical_proba": 0.4,
                      "novel": False, "reasons": ["least-confident"]})  # fmt: skip
-    assert open_review_queue(settings.review_queue, settings).add(pd.DataFrame(rows), run_id="run-1") == n
+    assert open_review_queue(settings.review_queue, settings).add(pd.DataFrame(rows), run_id="run-1") == (
+        n if new is None else new
+    )
     return [r["sha256"] for r in rows]
 
 
@@ -67,6 +70,8 @@ def test_label_moves_an_image_into_reviewed(steelqc_home: Path) -> None:
 
     code, out, _ = run("review", "label", sha, "crack", "--json")  # no longer queued
     assert code == 2 and "is not in the review queue" in out["error"]
+    assert fill_queue(steelqc_home, 2, new=0) == [sha, other]  # the monitor queues a reviewed image never again
+    assert reviewed_files(steelqc_home) == [target] and [p.stem for p in queued_files(steelqc_home)] == [other]
 
 
 def test_two_votes_a_dispute_and_its_settlement(steelqc_home: Path, monkeypatch) -> None:
