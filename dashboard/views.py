@@ -1,4 +1,4 @@
-"""The dashboard's pages (Streamlit): *Inspect*, *Models*, *Monitoring*, and the placeholder *Review*.
+"""The dashboard's pages (Streamlit): *Inspect*, *Models*, *Review* and *Monitoring*.
 
 Every page reads the registry and loaded models only: nothing here trains, so no page waits on a training run.
 Settings come from the environment (``STEELQC_*``, as every command reads them); models load with
@@ -18,11 +18,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from streamlit.navigation.page import StreamlitPage
 
-from steelqc.dashboard import catalog, drift
+from steelqc.dashboard import catalog, drift, review
 from steelqc.dashboard.inspection import Inspection, folder_images, inspect_image
 from steelqc.model_registry import packaging, promotion
 from steelqc.model_registry.packaging import SteelDefectModel, UnsafeModel
 from steelqc.model_registry.store import client, configure
+from steelqc.monitoring.review_labels import LabelDesk, LabelError
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.imageio import read_regular_file
 
@@ -175,13 +176,75 @@ def models_page() -> None:
         st.caption("No audit events yet.")
 
 
-# ------------------------------------------------------------------------------------------- placeholders
+# ------------------------------------------------------------------------------------------------- Review
+
+REVIEWER_KEY, OUTCOME_KEY = "review_reviewer", "review_outcome"
+
+
+def _label_clicked(settings: Settings, sha256: str, label: str) -> None:
+    """A class button's callback (runs before the page reruns): label through the CLI's own labelling code and
+    keep the outcome for the next run of the page."""
+    try:
+        desk = review.open_desk(settings)
+        outcome = review.label(desk, sha256, label, st.session_state.get(REVIEWER_KEY))
+    except (LabelError, OSError) as exc:
+        st.session_state[OUTCOME_KEY] = ("error", f"Not labelled: {exc}")
+        return
+    kind = {"reviewed": "success", "disputed": "warning"}.get(outcome.status, "info")
+    st.session_state[OUTCOME_KEY] = (kind, outcome.message)
+
+
+def _review_image(settings: Settings, entry: dict, classes: list[str], key: str) -> None:
+    """One queued image: the image, why it was queued, the model's guess, and one button per class."""
+    sha = str(entry["sha256"])
+    st.markdown(f"`{sha[:12]}` from `{entry.get('source_uri')}`")
+    st.caption(review.describe(entry))
+    data = review.image_bytes(entry, settings.max_image_bytes)
+    if data is None:
+        st.warning(f"The queued image {entry.get('image')} cannot be read.")
+    else:
+        st.image(data, caption=f"Queued image {sha[:12]}", width="stretch", alt="Queued image")
+    guess = review.guess(entry)
+    if guess:
+        st.table([{"": k, "value": v} for k, v in guess.items()], hide_index=True)
+    for column, name in zip(st.columns(len(classes)), classes, strict=True):
+        column.button(name, key=f"{key}-{sha}-{name}", on_click=_label_clicked, args=(settings, sha, name),
+                      width="stretch")  # fmt: skip
 
 
 def review_page() -> None:
-    """Placeholder: the labelling queue (built with the review queue)."""
+    """The review queue: one image at a time with the model's guess, labelled with one click; disputed apart."""
     st.title("Review")
-    st.info(PLACEHOLDER)
+    settings = Settings()
+    try:
+        desk: LabelDesk = review.open_desk(settings)
+    except LabelError as exc:
+        st.error(str(exc))
+        return
+    if REVIEWER_KEY not in st.session_state:
+        st.session_state[REVIEWER_KEY] = review.reviewer_name(None)
+    reviewer = st.sidebar.text_input("Reviewer", key=REVIEWER_KEY)
+    view = review.queue_view(desk, reviewer)
+    queued, disputed, reviewed = st.columns(3)
+    queued.metric("Queued", view.counts["queued"])
+    disputed.metric("Disputed", view.counts["disputed"])
+    reviewed.metric("Reviewed", view.counts["reviewed"])
+    st.caption(f"Queue {desk.root}; labelled images go to {desk.reviewed}/<class>/")
+    if OUTCOME_KEY in st.session_state:
+        kind, message = st.session_state.pop(OUTCOME_KEY)
+        getattr(st, kind)(message)
+    classes = review.class_choices(settings)
+    current = view.current
+    if current is None:
+        st.info("Nothing waits for your label: the drift monitor (`steelqc monitor`) queues images here.")
+    else:
+        st.subheader(f"Next image ({len(view.pending)} waiting for you)")
+        _review_image(settings, current, classes, "next")
+    if view.disputed:
+        st.subheader("Disputed")
+        for entry in view.disputed:
+            with st.expander(review.describe(entry)):
+                _review_image(settings, entry, classes, "disputed")
 
 
 def monitoring_page() -> None:
