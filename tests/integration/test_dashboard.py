@@ -2,22 +2,29 @@
 session's tiny champion, and Playwright drives Debian's chromium (never a browser Playwright downloads).
 
 Upload a real Severstal image and see the decision and its Grad-CAM overlay; open the Models page and see the
-champion's version and alias.
+champion's version and alias. On the Review page (a dashboard over a home of its own: the champion's stays
+read-only), label a queued image with one click and find it in the reviewed source on disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from tests.helpers import STEELQC, Champion, free_port, shared_path, wait_for_http
+from steelqc.monitoring.review import open_review_queue
+from steelqc.tasks.config import Settings
+from tests.helpers import STEELQC, Champion, free_port, shared_path, wait_for_http, write_image
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +44,14 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture
-def dashboard(champion: Champion, tmp_path: Path) -> Iterator[str]:
-    """`steelqc dashboard --port P --json` over the champion's STEELQC_HOME on a free loopback port; its URL, once
-    it answers. Its stdout is the one JSON object naming that URL (Streamlit's own output goes to stderr)."""
+@contextmanager
+def serve(home: Path, tmp_path: Path) -> Iterator[str]:
+    """`steelqc dashboard --port P --json` over ``home`` (no other STEELQC_* setting) on a free loopback port; its
+    URL, once it answers. Its stdout is the one JSON object naming that URL (Streamlit's own output goes to
+    stderr)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEELQC_") or k == "STEELQC_SHARED_DATA"}
-    env["STEELQC_HOME"] = str(champion.home)
+    env["STEELQC_HOME"] = str(home)
     log_path, out_path = tmp_path / "dashboard.log", tmp_path / "dashboard.out"
     with log_path.open("w") as log, out_path.open("w") as out:
         proc = subprocess.Popen(
@@ -64,6 +72,27 @@ def dashboard(champion: Champion, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.fixture
+def dashboard(champion: Champion, tmp_path: Path) -> Iterator[str]:
+    """The dashboard over the champion's STEELQC_HOME (read-only: nothing here labels or queues)."""
+    with serve(champion.home, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def review_dashboard(steelqc_home: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The dashboard over a home of its own whose review queue holds one small PNG, queued by the drift monitor's
+    own queue code; its URL and the image's SHA-256."""
+    settings = Settings()
+    image = write_image(tmp_path / "inbox" / "queued.png", (32, 48), "PNG", seed=7)
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    row = {"uri": str(image), "sha256": sha, "predicted": "scratch", "confidence": 0.42, "critical_proba": 0.3,
+           "novel": False, "reasons": ["least-confident"]}  # fmt: skip
+    assert open_review_queue(settings.review_queue, settings).add(pd.DataFrame([row]), run_id="run-1") == 1
+    with serve(steelqc_home, tmp_path) as url:
+        yield url, sha
 
 
 def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champion, tmp_path: Path) -> None:
@@ -113,3 +142,36 @@ def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champio
             expect(decisions.first).to_be_visible(timeout=60_000)
         finally:
             browser.close()
+
+
+def test_review_page_labels_a_queued_image_with_one_click(
+    review_dashboard: tuple[str, str], steelqc_home: Path, tmp_path: Path
+) -> None:
+    browser_path = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, sha = review_dashboard
+    expect = sync_api.expect
+    target = steelqc_home / "reviewed" / "crack" / f"{sha}.png"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{url}/review", wait_until="domcontentloaded")
+            expect(page.get_by_role("heading", name="Review")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("model's guess: scratch", exact=False)).to_be_visible(timeout=60_000)
+            queued = page.get_by_alt_text("Queued image")
+            expect(queued).to_be_visible(timeout=60_000)
+            assert queued.evaluate("img => img.complete ? img.naturalWidth : 0") == 48
+            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+
+            page.get_by_role("button", name="crack", exact=True).click()
+
+            expect(page.get_by_text(f"reviewed as crack: moved to {target}")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("Nothing waits for your label", exact=False)).to_be_visible(timeout=60_000)
+        finally:
+            browser.close()
+    deadline = time.monotonic() + 10
+    while not target.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == sha
+    assert not any((steelqc_home / "review" / "images").iterdir())
