@@ -1,6 +1,7 @@
 """The dashboard's pages (Streamlit): *Inspect*, *Models*, *Review* and *Monitoring*.
 
 Every page reads the registry and loaded models only: nothing here trains, so no page waits on a training run.
+*Review* writes labels into the review queue, through :mod:`steelqc.dashboard.review` (the CLI's labelling code).
 Settings come from the environment (``STEELQC_*``, as every command reads them); models load with
 :func:`steelqc.model_registry.packaging.load` (weights only, hashes checked), once per version
 (``st.cache_resource``).
