@@ -36,6 +36,14 @@ CHROMIUM_FLAGS = [
 RENDER_TIMEOUT_MS = 180_000  # the first decision imports torch, loads the model and runs Grad-CAM on a busy CPU
 
 
+def shots(tmp_path: Path) -> Path:
+    """Where the pages' screenshots go: ``DASHBOARD_SCREENSHOTS`` (e.g. docs/images, to refresh the README's), else
+    the test's tmp folder."""
+    folder = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def chromium() -> str:
     """Debian's chromium, or skip the test saying how to install it."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -123,7 +131,7 @@ def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champio
             assert width > 0, "the Grad-CAM overlay did not load"
             expect(page.get_by_text("threshold", exact=False).first).to_be_visible()
             expect(page.get_by_text(f"version {version}", exact=False).first).to_be_visible()
-            page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+            page.screenshot(path=str(shots(tmp_path) / "dashboard-inspect.png"), full_page=True)
 
             page.goto(f"{dashboard}/models", wait_until="domcontentloaded")
             expect(page.get_by_role("heading", name="Models")).to_be_visible(timeout=60_000)
@@ -134,12 +142,13 @@ def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champio
             promoted = page.locator("table tr", has_text="promote").filter(has_text="champion").first
             expect(promoted).to_be_visible(timeout=60_000)  # the audit trail: who moved the alias to which version
             expect(promoted).to_contain_text(str(champion.summary["aliases"]["champion"]))
-            page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
+            page.screenshot(path=str(shots(tmp_path) / "dashboard-models.png"), full_page=True)
 
             page.goto(f"{dashboard}/monitoring", wait_until="domcontentloaded")
             expect(page.get_by_role("heading", name="Monitoring")).to_be_visible(timeout=60_000)
             decisions = page.get_by_text("Recent drift decisions").or_(page.get_by_text("No monitoring run yet"))
             expect(decisions.first).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(shots(tmp_path) / "dashboard-monitoring.png"), full_page=True)
         finally:
             browser.close()
 
@@ -162,7 +171,7 @@ def test_review_page_labels_a_queued_image_with_one_click(
             queued = page.get_by_alt_text("Queued image")
             expect(queued).to_be_visible(timeout=60_000)
             assert queued.evaluate("img => img.complete ? img.naturalWidth : 0") == 48
-            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+            page.screenshot(path=str(shots(tmp_path) / "dashboard-review.png"), full_page=True)
 
             page.get_by_role("button", name="crack", exact=True).click()
 
