@@ -779,8 +779,26 @@ def _apply_labels(rows: list, as_json: bool, file: str | None = None) -> dict:
     except LabelError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
         raise  # unreachable
+    alerts = _alert_missed_critical(desk.settings, changed)
     return {"labelled": [summary_of(e) for e in changed], **desk.counts(), "queue": str(desk.root),
-            "reviewed_dir": str(desk.reviewed)}  # fmt: skip
+            "reviewed_dir": str(desk.reviewed), **({"alerts": alerts} if alerts else {})}  # fmt: skip
+
+
+def _alert_missed_critical(cfg: Settings, changed: list[dict]) -> list[dict]:
+    """One ``missed-critical`` alert per image just reviewed as the critical class that the model had queued as
+    another class (README "Drift monitoring"); what was sent."""
+    from steelqc.flows.alerts import notify  # noqa: PLC0415  (prefect: only when needed)
+    from steelqc.monitoring.live_figures import is_missed_critical  # noqa: PLC0415
+
+    sent = []
+    for entry in changed:
+        if entry.get("status") == "reviewed" and is_missed_critical(entry, cfg.critical_class):
+            subject = f"reviewed {cfg.critical_class} missed by the model (it said {entry.get('predicted')})"
+            details = {"sha256": entry["sha256"], "reviewed_image": entry.get("reviewed_image"),
+                       "predicted": entry.get("predicted"), "confidence": entry.get("confidence"),
+                       "monitoring_run": entry.get("monitoring_run"), "votes": entry.get("votes")}  # fmt: skip
+            sent.append(notify(cfg, "missed-critical", subject, details, None))
+    return sent
 
 
 @review.command("list")

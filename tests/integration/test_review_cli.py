@@ -177,3 +177,19 @@ def test_concurrent_labellers_of_one_image(steelqc_home: Path) -> None:
     record = json.loads((steelqc_home / "review" / "done" / f"{shas[1]}.json").read_text())
     assert reviewed[0].parent.name == winner["reviewed_as"] == record["reviewed_as"]
     assert len(record["labels"]) == 1  # no other label went anywhere
+
+
+def test_a_reviewed_crack_the_model_missed_raises_the_alert(steelqc_home: Path, webhook, monkeypatch) -> None:
+    url, received = webhook
+    monkeypatch.setenv("STEELQC_ALERT_WEBHOOK_URL", url)
+    [missed, fine] = fill_queue(steelqc_home, 2)  # queued with the guess "ok"
+
+    code, out, _ = run("review", "label", fine[:8], "ok", "--json")
+    assert code == 0 and "alerts" not in out and received == []  # the model was right
+
+    code, out, _ = run("review", "label", missed[:8], "crack", "--json")
+    assert code == 0, out
+    [alert] = out["alerts"]
+    assert alert["kind"] == "missed-critical" and alert["notified"] is True
+    [posted] = received
+    assert "crack" in posted["title"] and missed in posted["text"] and "predicted: ok" in posted["text"]
