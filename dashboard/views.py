@@ -31,7 +31,6 @@ from steelqc.tasks.data.imageio import read_regular_file
 log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff"]
-PLACEHOLDER = "Coming with the review queue: another part of issue 13 builds this page."
 
 
 @st.cache_resource(show_spinner=False)
@@ -266,4 +265,20 @@ def monitoring_page() -> None:
     else:
         st.download_button("Download the report", html, file_name=f"drift_report_{choice}.html", mime="text/html")
         components.html(html, height=900, scrolling=True)
-    st.caption(f"Live precision and recall from reviewed labels: {PLACEHOLDER}")
+    _live_figures(settings, rows)
+
+
+def _live_figures(settings, rows: list[dict]) -> None:
+    """The champion's live precision and recall from the reviewed labels, and the criticals it missed."""
+    live = drift.live_table(settings, rows)
+    st.subheader(f"Live precision and recall of version {live['model_version']} (reviewed labels)")
+    if not live["n_reviewed"]:
+        st.caption("No reviewed image of this version yet: `steelqc review label` or the Review page.")
+        return
+    st.caption(f"{live['n_reviewed']} reviewed images; support: reviewed as the class; predicted: the model's guess")
+    st.table(live["table"], hide_index=True)
+    if live["missed_critical"]:
+        st.warning(
+            f"{len(live['missed_critical'])} reviewed {settings.critical_class} the model filed as another class"
+        )
+        st.table(live["missed_critical"], hide_index=True)

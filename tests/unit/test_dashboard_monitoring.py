@@ -43,3 +43,23 @@ def test_decisions_newest_first_with_their_figures_and_report(tmp_path: Path) ->
     html = drift.report_html(client(settings), drifted, tmp_path / "got")
     assert html is not None and "3 of 6 features drifted" in html
     assert drift.report_html(client(settings), quiet, tmp_path / "none") is None
+
+
+def test_live_table_of_the_latest_version_from_reviewed_records() -> None:
+    settings = Settings()
+    rows = [{"monitoring_run_id": "r2", "model_version": "4"}, {"monitoring_run_id": "r1", "model_version": "3"}]
+    records = [
+        {"sha256": "a", "reviewed_as": "crack", "predicted": "crack", "monitoring_run": "r2"},
+        {"sha256": "b", "reviewed_as": "crack", "predicted": "ok", "monitoring_run": "r2"},
+        {"sha256": "c", "reviewed_as": "ok", "predicted": "ok", "monitoring_run": "r2"},
+        {"sha256": "d", "reviewed_as": "crack", "predicted": "ok", "monitoring_run": "r1"},  # version 3: not counted
+    ]
+    live = drift.live_table(settings, rows, records)
+    assert live["model_version"] == "4" and live["n_reviewed"] == 3
+    table = {row["class"]: row for row in live["table"]}
+    assert len(table) == len(settings.class_names)
+    assert (table["crack"]["precision"], table["crack"]["recall"], table["crack"]["support"]) == (1.0, 0.5, 2)
+    assert (table["ok"]["precision"], table["ok"]["recall"], table["ok"]["support"]) == (0.5, 1.0, 1)
+    assert [m["sha256"] for m in live["missed_critical"]] == ["b"]
+    assert drift.live_table(settings, [], [])["n_reviewed"] == 0
+    assert drift.live_table(settings, rows)["n_reviewed"] == 0  # an empty review queue
