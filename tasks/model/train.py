@@ -186,6 +186,8 @@ class TrainConfig:
             raise ValueError("label_smoothing and ema_decay must lie in [0, 1)")
         if self.distill_temperature <= 0 or not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
+        if self.distill_from is not None and not self.distill_from.strip():
+            raise ValueError("distill_from is blank: name the teacher's model URI, or leave it unset")
         check_augment(self.augment)
         _ = self.input_spec  # raises ValueError on bad input fields
 

@@ -90,6 +90,9 @@ def test_distillation_settings_join_the_fingerprint_only_when_distilling() -> No
     assert taught.fingerprint() != cfg(distill_from="models:/t/1", distill_temperature=3.0).fingerprint()
     with pytest.raises(ValueError):
         cfg(distill_alpha=1.5)
+    for blank in ("", "  "):  # `--distill-from ""` must not quietly train without a teacher
+        with pytest.raises(ValueError, match="distill_from is blank"):
+            cfg(distill_from=blank)
 
 
 # ------------------------------------------------------------------------------------------------ learning
