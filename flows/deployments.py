@@ -1,9 +1,10 @@
 """Deployments: what `steelqc serve` registers and runs on its schedules.
 
-* ``training-pipeline/nightly-retrain``: cron ``nightly_cron`` (``0 2 * * *``) in ``timezone``, on the sources
-  in ``data_sources`` (``NAME=DIR`` each, joined by class name), else the data in ``nightly_data`` (default
-  ``STEELQC_HOME/incoming``), approval policy ``manual`` (an ML lead decides; the run
-  waits up to ``approval_timeout_s``), at most one run at a time.
+* ``training-pipeline/nightly-retrain``: cron ``nightly_cron`` (``0 2 * * *``) in ``timezone``, with ``data``
+  ``@nightly``: each run resolves it to the sources in ``data_sources`` (``NAME=DIR`` each, joined by class name),
+  else the data in ``nightly_data`` (default ``STEELQC_HOME/incoming``), plus the ``reviewed`` source once it holds
+  an image (``Settings.nightly_sources``), so no restart is needed after labelling; approval policy ``manual``
+  (an ML lead decides; the run waits up to ``approval_timeout_s``), at most one run at a time.
 * ``drift-monitor/hourly``: cron ``0 * * * *`` in ``timezone``, on the ``monitor_inbox`` setting (default
   ``STEELQC_HOME/inbox``), at most one run at a time (the monitor's lock file guards it as well).
 
@@ -18,7 +19,7 @@ import logging
 import signal
 from typing import Any
 
-from steelqc.tasks.config import Settings
+from steelqc.tasks.config import NIGHTLY_DATA, Settings
 
 # `steelqc` (flows/cli.py) imports this module as it starts: Prefect, the flows and torch are imported where a
 # deployment is built, so `steelqc --help` and the light commands stay fast (hence the `noqa: PLC0415` below).
@@ -39,17 +40,11 @@ def nightly_deployment(settings: Settings):
     return training_pipeline.to_deployment(
         name=NIGHTLY,
         schedules=[Cron(settings.nightly_cron, timezone=settings.timezone, slug=NIGHTLY)],
-        parameters={"data": _nightly_data(settings), "approval": "manual"},
+        parameters={"data": NIGHTLY_DATA, "approval": "manual"},
         concurrency_limit=1,
         tags=["steelqc", "nightly"],
         description="Nightly retraining on the newest factory images; an ML lead approves the promotion.",
     )
-
-
-def _nightly_data(settings: Settings) -> str | list[str]:
-    """The nightly run's ``data``: the one folder as before, or the list of sources (``NAME=DIR`` each)."""
-    sources = settings.nightly_sources
-    return sources[0] if len(sources) == 1 and not settings.data_sources else sources
 
 
 def drift_deployment(settings: Settings):

@@ -30,7 +30,8 @@ def ingest_step(data: str | list[str], fmt: str, critical_class: str | None, set
     """Validate the data (one folder, or several sources ``NAME=DIR`` joined by class name) into a new run folder:
     manifest, masks, quarantine, fingerprint."""
     settings = settings_for(settings_overrides)
-    sources = parse_sources(data)
+    sources = parse_sources(settings.resolve_data(data))
+    log.info("data sources: %s", ", ".join(s.spec() for s in sources))
     result, summary = sources_to_folder(
         sources,
         settings,

@@ -51,8 +51,9 @@ from steelqc.monitoring.inbox import Inbox, InboxError, InboxItem, sha256_of
 from steelqc.monitoring.ledger import Duplicate, Ledger, unreadable_key, utc_now
 from steelqc.monitoring.review import open_review_queue, select_for_review
 from steelqc.monitoring.trigger import RetrainDecision, decide_retrain
-from steelqc.tasks.config import Settings
-from steelqc.tasks.data.ingest import IngestError, ingest
+from steelqc.tasks.config import NIGHTLY_DATA, Settings
+from steelqc.tasks.data.ingest import IngestError
+from steelqc.tasks.data.sources import ingest_sources, parse_sources
 from steelqc.tasks.features import Reference, extract, features_frame
 
 log = logging.getLogger(__name__)
@@ -283,14 +284,16 @@ def check_batch(champion: Champion, frame: pd.DataFrame, settings: Settings, run
 
 
 def nightly_fingerprint(settings: Settings) -> str | None:
-    """The fingerprint of the nightly data (``nightly_data``), None when it holds no valid labelled image."""
-    folder = settings.incoming_dir
-    if not folder.is_dir():
-        return None
+    """The fingerprint the nightly run would train on (every nightly source, the ``reviewed`` one included: the
+    fingerprint a champion trained on them carries), None when they hold no valid labelled image."""
+    data = settings.resolve_data(NIGHTLY_DATA)
     try:
-        result = ingest(folder, settings)
+        sources = parse_sources(data)
+        if not all(s.path.is_dir() for s in sources):
+            return None
+        result = ingest_sources(sources, settings)
     except IngestError as exc:
-        log.warning("nightly data %s cannot be read as a data set: %s", folder, exc)
+        log.warning("nightly data %s cannot be read as a data set: %s", data, exc)
         return None
     return result.fingerprint if len(result.manifest) else None
 

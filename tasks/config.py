@@ -24,6 +24,9 @@ SEVERSTAL_SHAPE: tuple[int, int] = (256, 1600)
 DEFAULT_SEED = 42
 REVIEWED_SOURCE = "reviewed"
 """Name (and folder under ``home``) of the data source that `steelqc review` fills."""
+NIGHTLY_DATA = "@nightly"
+"""The ``data`` of the nightly deployment: resolved to :attr:`Settings.nightly_sources` when a run starts, so images
+reviewed after `steelqc serve` registered the deployment join the next run."""
 OPTUNA_HEARTBEAT_S = 30
 OPTUNA_GRACE_S = 90
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -331,6 +334,14 @@ class Settings(BaseSettings):
             if self._reviewed_is_new(sources)
             else sources
         )
+
+    def resolve_data(self, data: str | list[str]) -> str | list[str]:
+        """``data`` as given, or for :data:`NIGHTLY_DATA` the nightly sources as of now: the one folder as before, or
+        the list of sources (``NAME=DIR`` each)."""
+        if data != NIGHTLY_DATA:
+            return data
+        sources = self.nightly_sources
+        return sources[0] if len(sources) == 1 and not self.data_sources else sources
 
     @property
     def reviewed_dir(self) -> Path:

@@ -319,7 +319,7 @@ def test_work_pool_recipe_runs_tuning_workers_on_one_study(tiny_data: Path, tmp_
         **prefect_env,
         "STEELQC_HOME": str(tmp_path / "home"),
         "STEELQC_REPO": str(ROOT),
-        "STEELQC_INCOMING": str(tiny_data),
+        "STEELQC_NIGHTLY_DATA": str(tiny_data),
         "STEELQC_OPTUNA_STORAGE": f"journal:{journal}",
         "STEELQC_TUNE_SPACE": json.dumps(TINY_SPACE),
         "STEELQC_TUNE_EPOCHS": "1",
@@ -342,7 +342,7 @@ def test_work_pool_recipe_runs_tuning_workers_on_one_study(tiny_data: Path, tmp_
         nightly = client.read_deployment_by_name("training-pipeline/nightly-retrain")
     assert len(runs) == 2 and all(r.state.is_completed() for r in runs)
     assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 2 * * *", True)]
-    assert nightly.parameters == {"data": str(tiny_data), "approval": "manual"}
+    assert nightly.parameters == {"data": "@nightly", "approval": "manual"}  # resolved when a run starts
     study = optuna.load_study(study_name=first["study_name"], storage=open_storage(f"journal:{journal}"))
     states = [t.state for t in study.trials]
     # both runs worked on the one study: 3 finished in total (a parallel worker may add one more), none left running

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from steelqc.monitoring.monitor import nightly_fingerprint
 from steelqc.monitoring.review_labels import (
     LabelError,
     LabelRow,
@@ -17,7 +18,8 @@ from steelqc.monitoring.review_labels import (
     plan,
     tally,
 )
-from steelqc.tasks.config import DEFAULT_CLASS_NAMES, Settings
+from steelqc.tasks.config import DEFAULT_CLASS_NAMES, NIGHTLY_DATA, Settings
+from steelqc.tasks.data.sources import ingest_sources, parse_sources
 from tests.helpers import write_image
 
 SHA_A, SHA_B = "a" * 63 + "1", "ab" * 31 + "12"
@@ -146,3 +148,24 @@ def test_nightly_sources_add_the_reviewed_source_once_it_holds_an_image(steelqc_
     assert settings.nightly_sources == [incoming, f"reviewed={settings.reviewed_dir.resolve()}"]
     named = Settings(data_sources=["a=/data/a", f"mine={settings.reviewed_dir}"])
     assert named.nightly_sources == ["a=/data/a", f"mine={settings.reviewed_dir}"]
+
+
+def test_the_nightly_deployment_resolves_its_sources_when_a_run_starts(steelqc_home: Path) -> None:
+    """`@nightly` (the deployment's data) is resolved at run time: an image reviewed after `steelqc serve` registered
+    the deployment joins the next run, and the monitor's nightly fingerprint covers it."""
+    settings = Settings()
+    incoming = settings.incoming_dir
+    for i, name in enumerate(["ok", "ok", "crack", "crack"]):
+        write_image(incoming / name / f"{i}.png", (32, 32), "PNG", seed=i)
+    assert settings.resolve_data("/some/dir") == "/some/dir"
+    assert settings.resolve_data(NIGHTLY_DATA) == str(incoming.resolve())
+    before = nightly_fingerprint(settings)
+    assert before == ingest_sources(parse_sources(str(incoming.resolve())), settings).fingerprint
+
+    write_image(settings.reviewed_dir / "scratch" / "r.png", (32, 32), "PNG", seed=9)
+    sources = settings.resolve_data(NIGHTLY_DATA)
+    assert sources == [str(incoming.resolve()), f"reviewed={settings.reviewed_dir.resolve()}"]
+    after = nightly_fingerprint(settings)
+    assert after not in (None, before)
+    joined = ingest_sources(parse_sources(sources), settings)
+    assert after == joined.fingerprint and sorted(joined.manifest["source"].unique()) == ["incoming", "reviewed"]
