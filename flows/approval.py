@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from mlflow import MlflowClient
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -23,9 +24,12 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from steelqc.flows import alerts
-from steelqc.model_registry import approval, promotion
+from steelqc.flows.steps import settings_for
+from steelqc.model_registry import approval, packaging, promotion
 from steelqc.model_registry.gates import ChampionScore, GateReport
-from steelqc.model_registry.store import client
+from steelqc.model_registry.store import client, configure
+from steelqc.monitoring.review_labels import LabelDesk, LabelError
+from steelqc.monitoring.shadow import reviewed_frame, score_labels, shadow_comparison
 from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.approval")
@@ -56,6 +60,7 @@ class ApprovalRequest:
     started_by: str
     flow_run_id: str | None
     model_card: str | None = None  # runs:/<run>/card/model_card.md: what the version is good for
+    shadow: dict[str, Any] | None = None  # both models on the images reviewed at the line (shadow_step)
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON: who and what, the gates and verdict, each headline figure with its 95 % interval
@@ -72,6 +77,7 @@ class ApprovalRequest:
             "test_images_per_class": images_per_class(self.metrics),
             "per_source": self.metrics.get("per_source") or {},
             "champion_version": self.champion.version if self.champion is not None else None,
+            "shadow": self.shadow,
         }
 
 
@@ -157,6 +163,81 @@ def source_rows(metrics: dict[str, Any]) -> list[str]:
     return rows
 
 
+@task(name="shadow-comparison")
+def shadow_step(name: str, version: str, champion_version: str | None, settings_overrides: dict) -> dict | None:
+    """The challenger (and the champion) on the images people reviewed at the line; None when none is reviewed."""
+    return shadow_on_reviewed(settings_for(settings_overrides), name, version, champion_version)
+
+
+def shadow_on_reviewed(
+    settings: Settings, name: str, version: str, champion_version: str | None
+) -> dict[str, Any] | None:
+    """:func:`~steelqc.monitoring.shadow.shadow_comparison` of ``models:/name/version`` and the champion on the
+    newest ``shadow_max_images`` reviewed images; None without any; ``{"error": ...}`` when they cannot be scored
+    (the request goes out without it: the comparison informs the decision, it does not gate it)."""
+    try:
+        records = list(LabelDesk.open(settings).done().values())
+    except LabelError as exc:
+        log.info("no shadow comparison: %s", exc)
+        return None
+    frame = reviewed_frame(records, settings.shadow_max_images)
+    if frame.empty:
+        log.info("no shadow comparison: no reviewed image in %s", settings.reviewed_dir)
+        return None
+    configure(settings)  # packaging.load resolves models:/ URIs on MLflow's configured store
+    try:
+        challenger = score_labels(packaging.load(f"models:/{name}/{version}"), frame)
+        champion = (
+            score_labels(packaging.load(f"models:/{name}/{champion_version}"), frame) if champion_version else None
+        )
+    except (OSError, ValueError) as exc:
+        log.warning("shadow comparison on %d reviewed images failed: %s", len(frame), exc)
+        return {"n_images": len(frame), "error": str(exc)}
+    names = [n for _, n in sorted(settings.class_names.items())]
+    return shadow_comparison(
+        frame, challenger, champion, names, settings.critical_class,
+        challenger_version=version, champion_version=champion_version,
+    )  # fmt: skip
+
+
+def _pr(side: dict[str, Any] | None, cls: str) -> tuple[str, str]:
+    """``(precision, recall)`` of class ``cls`` on one side of a shadow comparison, formatted."""
+    row = next((r for r in (side or {}).get("classes", []) if r["class"] == cls), None)
+    return ("—", "—") if row is None else (_fmt(row["precision"]), _fmt(row["recall"]))
+
+
+def shadow_rows(shadow: dict[str, Any] | None, listed: int = 5) -> list[str]:
+    """The shadow comparison as markdown: per class precision and recall of both models on the reviewed images,
+    accuracy, missed criticals, and the first ``listed`` images they decide differently; none without one."""
+    if not shadow:
+        return []
+    head = f"### On {shadow['n_images']} images reviewed at the line (shadow comparison)"
+    if shadow.get("error"):
+        return ["", head, "", f"Could not be scored: {shadow['error']}"]
+    new, old = shadow["challenger"], shadow.get("champion")
+    old_name = f"champion v{old['version']}" if old else "champion (none)"
+    rows = [
+        "", head, "",
+        f"| class | reviewed | {old_name} precision | recall | challenger v{new['version']} precision | recall |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in new["classes"]:
+        if row["support"] or row["predicted"]:
+            cls = row["class"]
+            rows.append(f"| {cls} | {row['support']} | {' | '.join(_pr(old, cls))} | {' | '.join(_pr(new, cls))} |")
+    old_acc, old_missed = (_fmt(old["accuracy"]), old["missed_critical"]) if old else ("—", "—")
+    rows.append(f"| accuracy | | {old_acc} | | {_fmt(new['accuracy'])} | |")
+    rows.append(f"| {shadow['critical']} missed | | {old_missed} | | {new['missed_critical']} | |")
+    if old:
+        rows += ["", f"They decide differently on **{shadow['n_disagree']}** of these images."]
+        rows += [
+            f"- `{d['sha256'][:12]}` reviewed as {d['reviewed_as']}: champion {d['champion']}, "
+            f"challenger {d['challenger']}"
+            for d in shadow["disagreements"][:listed]
+        ]
+    return rows
+
+
 def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
     """What the reviewer sees: gate table, the comparison with the champion (with the challenger's 95 % intervals),
     the test images per class, how to decide."""
@@ -184,6 +265,7 @@ def request_markdown(request: ApprovalRequest, timeout_s: int) -> str:
     else:
         rows.append("\nNo champion yet: this would be the first.")
     rows += source_rows(request.metrics)
+    rows += shadow_rows(request.shadow)
     rows += [
         "",
         f"**Test images per class**: {sizes_line(images_per_class(request.metrics))}. The intervals are "

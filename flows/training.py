@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from steelqc.flows import alerts
-from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval, source_rows
+from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval, shadow_step, source_rows
 from steelqc.flows.steps import ingest_step, run_folder_step, settings_for, split_step
 from steelqc.flows.tuning import tune_step
 from steelqc.model_registry import card, packaging, promotion
@@ -435,13 +435,14 @@ def _follow_up_with_card(settings: Settings, result: TrainingResult, overrides: 
     """The version's model card, then :func:`_follow_up`; the card again once an approval outcome is in (its
     approval record)."""
     result.model_card = card_step(result.model_version, result.card_facts(), overrides)
-    _follow_up(settings, result)
+    _follow_up(settings, result, overrides)
     if result.approval is not None:
         card_step(result.model_version, result.card_facts(), overrides)
 
 
-def _follow_up(settings: Settings, result: TrainingResult) -> None:
-    """Raise the gates-failed alert; or, when the version awaits approval, pause for an ML lead's decision."""
+def _follow_up(settings: Settings, result: TrainingResult, overrides: dict) -> None:
+    """Raise the gates-failed alert; or, when the version awaits approval, compare challenger and champion on the
+    reviewed images (shadow) and pause for an ML lead's decision."""
     if not result.report.passed:
         metrics = result.metrics
         result.alert = alerts.notify(
@@ -456,7 +457,10 @@ def _follow_up(settings: Settings, result: TrainingResult) -> None:
             result.flow_run_id,
         )
     elif result.outcome.pending:
-        result.approval = await_approval(settings, result.approval_request())
+        request = result.approval_request()
+        champion = result.champion_before.version if result.champion_before is not None else None
+        request.shadow = shadow_step(request.name, request.version, champion, overrides)
+        result.approval = await_approval(settings, request)
         result.alert = result.approval.alert
 
 

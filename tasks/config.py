@@ -239,8 +239,25 @@ class Settings(BaseSettings):
         default=0.1, ge=0, description="Queue images whose critical probability is this close to the threshold."
     )
     review_drift_sample: int = Field(default=20, ge=0, description="Images of a drifted batch queued at random.")
+    review_label_issues: int = Field(
+        default=20,
+        ge=0,
+        description="Suspected label errors (cleanlab) among a training run's validation and test images queued per "
+        "run; 0 turns it off.",
+    )
+    review_confident_mistakes: int = Field(
+        default=10,
+        ge=0,
+        description="A training run's most confident mistakes on its validation and test images queued per run; "
+        "0 turns it off.",
+    )
     review_votes: int = Field(
         default=1, ge=1, description="Agreeing labels that move a queued image into the reviewed source."
+    )
+    shadow_max_images: int = Field(
+        default=2000,
+        ge=0,
+        description="Newest reviewed images that challenger and champion score for the approval request (0: none).",
     )
     novelty_quantile: float = Field(
         default=0.99, gt=0.5, lt=1.0, description="Share of familiar validation images under the novelty threshold."
