@@ -228,7 +228,13 @@ def synth(
 
 @app.command()
 def ingest(
-    data: Annotated[Path, typer.Argument(help="Data directory (Severstal layout or class folders).")],
+    data: Annotated[
+        list[str],
+        typer.Argument(
+            help="Data directory (Severstal layout or class folders), or NAME=DIR; several for several sources "
+            "(joined by class name, ids from the settings' class_names)."
+        ),
+    ],
     fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: a new run folder under STEELQC_HOME).")
@@ -239,19 +245,21 @@ def ingest(
     strict: Annotated[bool, typer.Option(help="Exit 1 when anything was quarantined.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Validate a data set: manifest, quarantine list (with reasons) and fingerprint."""
+    """Validate a data set (or several sources): manifest, quarantine list (with reasons) and fingerprint."""
     from steelqc.tasks.data.ingest import IngestError, check_out_dir  # noqa: PLC0415  (pandas: slow)
-    from steelqc.tasks.data.prepare import ingest_to_folder  # noqa: PLC0415  (pandas: slow)
+    from steelqc.tasks.data.sources import parse_sources, sources_to_folder  # noqa: PLC0415  (pandas: slow)
 
     cfg = settings()
     if fmt not in ("auto", "severstal", "folders"):
         _fail(f"--format must be auto, severstal or folders, not {fmt!r}", as_json)
     try:
+        sources = parse_sources(data)
         if out is not None:
-            check_out_dir(out, data)  # before creating it: never a folder inside the data
+            for source in sources:
+                check_out_dir(out, source.path)  # before creating it: never a folder inside the data
             if fault := unusable_dir(out):
                 _fail(f"--out {out}: {fault}", as_json, file=str(out))
-        _, summary = ingest_to_folder(data, cfg, fmt, critical_class, out)
+        _, summary = sources_to_folder(sources, cfg, fmt, critical_class, out)  # type: ignore[arg-type]
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     log.info(
@@ -259,7 +267,7 @@ def ingest(
     )
     emit(summary, as_json)
     if summary["valid"] == 0:
-        log.error("no valid image in %s; see %s", data, summary["quarantine"])
+        log.error("no valid image in %s; see %s", ", ".join(data), summary["quarantine"])
         raise typer.Exit(1)
     if strict and summary["quarantined"]:
         raise typer.Exit(1)
@@ -413,7 +421,7 @@ def train(
 
 @app.command()
 def tune(
-    data: Annotated[Path, typer.Option("--data", help="Data directory.")],
+    data: Annotated[list[str], typer.Option("--data", help=TRAIN_DATA_HELP)],
     trials: Annotated[int, typer.Option(min=1, help="Total finished trials the study should hold.")] = 10,
     workers: Annotated[int, typer.Option(min=1, help="Parallel worker processes sharing the study.")] = 1,
     fmt: Annotated[str, typer.Option("--format", help="auto, severstal or folders.")] = "auto",
@@ -429,8 +437,9 @@ def tune(
     try:
         with prefect_api(cfg):
             summary = tuning_flow()(
-                data=str(data), trials=trials, workers=workers, fmt=fmt, critical_class=critical_class, profile=profile
-            )
+                data=data[0] if len(data) == 1 else list(data),  # one folder as before, or several sources
+                trials=trials, workers=workers, fmt=fmt, critical_class=critical_class, profile=profile,
+            )  # fmt: skip
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     except Exception as exc:

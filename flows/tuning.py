@@ -76,7 +76,7 @@ def tune_step(
 
 
 def tuning_flow_fn(
-    data: str,
+    data: str | list[str],
     trials: int,
     workers: int = 1,
     fmt: str = "auto",

@@ -10,7 +10,7 @@ import pytest
 from steelqc.model_registry.gates import evaluate_gates
 from steelqc.tasks.config import Gates
 from steelqc.tasks.data.synth import generate_dataset
-from tests.helpers import RELAXED, run
+from tests.helpers import RELAXED, run, write_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_env")]
 
@@ -45,3 +45,19 @@ def test_two_sources_get_their_own_figures_and_a_weak_source_fails_its_gate(
         report = evaluate_gates(summary["metrics"], gates, "crack")
         weaker = min(per_source, key=lambda s: per_source[s]["macro_f1"])
         assert report.gates["source_macro_f1"].details["below"] == {weaker: low}
+
+
+def test_ingest_takes_several_sources_and_names_a_bad_one(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for i, name in enumerate(["ok", "crack", "crack"]):
+        write_image(a / name / f"{i}.png", (16, 24), "PNG", seed=i)
+    for i, name in enumerate(["OK", "dent"]):
+        write_image(b / name / f"{i}.png", (16, 24), "PNG", seed=10 + i)
+    code, summary, stderr = run("ingest", f"plant-a={a}", f"plant-b={b}", "--json", home=tmp_path / "home")
+    assert code == 0 and summary is not None, stderr[-2000:]
+    assert summary["valid"] == 5 and sorted(summary["sources"]) == ["plant-a", "plant-b"]
+    assert summary["sources"]["plant-b"]["by_class"] == {"ok": 1, "crack": 0, "dent": 1}
+    (b / "rust").mkdir()
+    write_image(b / "rust" / "r.png", (16, 24), "PNG", seed=20)
+    code, error, _ = run("ingest", f"plant-a={a}", f"plant-b={b}", "--json", home=tmp_path / "home")
+    assert code == 2 and "source 'plant-b': class 'rust' is not in the settings' class map" in error["error"]
