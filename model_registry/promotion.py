@@ -167,6 +167,16 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     return aliases(client, name).get(alias)
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """The id of the logged model a ``models:/<model_id>`` URI names (what MLflow 3's ``log_model`` returns), None
+    for any other URI. A tracking server refuses such a source without its ``model_id``; a local store does not."""
+    prefix = "models:/"
+    rest = model_uri.removeprefix(prefix)
+    if not model_uri.startswith(prefix) or not rest.startswith("m-") or "/" in rest or "@" in rest:
+        return None
+    return rest
+
+
 def register_version(
     client: MlflowClient,
     name: str,
@@ -190,7 +200,9 @@ def register_version(
             version = min(found, key=lambda v: int(v.version))
             log.info("%s already registered as %s v%s", existing or f"run {run_id}", name, version.version)
             return version, False
-        version = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
+        version = client.create_model_version(
+            name, source=model_uri, run_id=run_id, tags=tags, model_id=logged_model_id(model_uri)
+        )
         _record(
             client,
             name,

@@ -13,6 +13,7 @@ import pytest
 from steelqc.model_registry.champion import rescore
 from steelqc.model_registry.gates import GateReport, Verdict, evaluate_gates
 from steelqc.model_registry.policy import PromotionDecision, decide_promotion, unchanged
+from steelqc.model_registry.promotion import logged_model_id
 from steelqc.model_registry.tags import version_tags
 from steelqc.tasks.config import Gates
 from steelqc.tasks.data.labels import LabelSpace
@@ -131,3 +132,18 @@ def test_version_tags_of_failed_gates_and_a_long_gate_table() -> None:
         {**evaluation().metrics, "per_class": {f"c{i}": {"support": 1} for i in range(900)}}, Gates(), "c1"
     )
     assert len(version_tags(big, evaluation(), "fp", "v", {})["gates"]) <= 4900
+
+
+@pytest.mark.parametrize(
+    ("uri", "model_id"),
+    [
+        ("models:/m-1d3344583f6d4adb973d45f0fb624aeb", "m-1d3344583f6d4adb973d45f0fb624aeb"),
+        ("models:/steel-defect-classifier/3", None),
+        ("models:/steel-defect-classifier@champion", None),
+        ("runs:/abc/model", None),
+        ("/tmp/model", None),
+    ],
+)
+def test_a_logged_model_uri_names_its_model_id(uri: str, model_id: str | None) -> None:
+    """Registration passes the logged model's id with its ``models:/m-...`` source (a tracking server needs it)."""
+    assert logged_model_id(uri) == model_id
