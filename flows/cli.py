@@ -871,9 +871,10 @@ def _server_plans(cfg: Settings) -> dict:
         cfg.prefect_port,
         cfg.mlflow_port,
         cfg.mlflow_uri,
-        cfg.artifact_root,
+        cfg.artifacts_destination or cfg.artifact_root,
         cfg.database_url,
         cfg.database_prefix,
+        cfg.s3_endpoint_url,
     )
 
 

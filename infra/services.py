@@ -73,11 +73,16 @@ def plans(
     prefect_port: int,
     mlflow_port: int,
     mlflow_store: str,
-    artifact_root: Path,
+    artifact_root: Path | str,
     database_url: str | None = None,
     db_prefix: str = "steelqc",
+    s3_endpoint_url: str | None = None,
 ) -> dict[str, ServicePlan]:
-    """The two servers' commands for these settings (pure: creates nothing)."""
+    """The two servers' commands for these settings (pure: creates nothing).
+
+    ``artifact_root``: MLflow's artifact store, a folder or a URI (``s3://bucket/prefix``, through
+    ``s3_endpoint_url`` when given; the server proxies artifacts, so clients need no S3 credentials).
+    """
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
     prefect_home = home / "prefect"
     prefect_db = (
@@ -95,6 +100,8 @@ def plans(
     prefect_url = f"http://{host}:{prefect_port}"
     mlflow_url = f"http://{host}:{mlflow_port}"
     mlflow_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if s3_endpoint_url:
+        mlflow_env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
     return {
         "prefect": ServicePlan(
             name="prefect",
@@ -118,7 +125,7 @@ def plans(
                 "--backend-store-uri",
                 mlflow_store,
                 "--artifacts-destination",
-                artifact_root.resolve().as_uri(),
+                artifacts_uri(artifact_root),
             ],
             env=mlflow_env,
             health_url=f"{mlflow_url}/health",
@@ -126,6 +133,14 @@ def plans(
             storage=mask_url(mlflow_store),
         ),
     }
+
+
+def artifacts_uri(destination: Path | str) -> str:
+    """MLflow's ``--artifacts-destination`` for a folder (as a ``file://`` URI) or a URI such as ``s3://b/p``."""
+    text = str(destination)
+    if "://" in text:
+        return text
+    return Path(text).resolve().as_uri()
 
 
 def _paths(home: Path, name: str) -> tuple[Path, Path]:

@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         "(<database_prefix>_prefect, <database_prefix>_mlflow); default SQLite under STEELQC_HOME.",
     )
     database_prefix: str = "steelqc"
+    artifacts_destination: str | None = Field(
+        default=None,
+        description="Where the MLflow server of `steelqc server start` stores artifacts: a folder or "
+        "s3://bucket/prefix (through s3_endpoint_url); default STEELQC_HOME/mlartifacts.",
+    )
     approval_timeout_s: int = Field(default=86_400, description="How long a run waits for an ML lead's decision.")
     approval_poll_s: float = Field(default=5.0, description="How often a paused run checks for a decision.")
     timezone: str = Field(default="UTC", description="Time zone of the cron schedules (IANA name).")

@@ -44,6 +44,16 @@ def test_server_commands(tmp_path: Path) -> None:
     assert "pw" not in pg["prefect"].storage  # what status prints is masked
 
 
+def test_mlflow_artifacts_in_a_folder_or_in_s3(tmp_path: Path) -> None:
+    local = plans(tmp_path, "127.0.0.1", 4200, 5000, "sqlite:///x.db", tmp_path / "art")["mlflow"]
+    assert local.argv[local.argv.index("--artifacts-destination") + 1] == (tmp_path / "art").resolve().as_uri()
+    s3 = plans(
+        tmp_path, "127.0.0.1", 4200, 5000, "sqlite:///x.db", "s3://steelqc/mlflow", s3_endpoint_url="http://minio:9000"
+    )["mlflow"]
+    assert s3.argv[s3.argv.index("--artifacts-destination") + 1] == "s3://steelqc/mlflow"
+    assert s3.env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"  # the server writes there; clients go through it
+
+
 @pytest.mark.parametrize(
     ("reviewer", "started_by", "same"),
     [
