@@ -190,6 +190,16 @@ def test_compose_settings_are_steelqc_settings(monkeypatch: pytest.MonkeyPatch) 
     assert settings.inbox == "s3://steelqc/inbox" and str(settings.home) == "/var/lib/steelqc"
 
 
+def test_compose_prefect_server_runs_the_prefect_of_pyproject() -> None:
+    """The Prefect server image matches the client the steelqc image installs (pyproject pins prefect)."""
+    pins = dict(
+        dep.split("==") for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if "==" in dep
+    )  # fmt: skip
+    image = compose()["services"]["prefect-server"]["image"]
+    assert image == f"prefecthq/prefect:{pins['prefect']}-python3.11"
+
+
 def test_postgres_init_creates_every_database_the_compose_file_names() -> None:
     created = set(re.findall(r"CREATE DATABASE (\w+);", (INFRA / "postgres-init.sql").read_text()))
     named = set(re.findall(r"@postgres:5432/(\w+)", COMPOSE.read_text()))

@@ -8,12 +8,16 @@ nightly training run, approved by an ML lead while it waits, and one drift-monit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,8 +107,16 @@ def start_worker(env: dict[str, str], queue: str, log_path: Path) -> subprocess.
     with log_path.open("w") as out:
         return subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", "steelqc", "--work-queue", queue, "--run-once"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    """Kill a worker still running (a failed test) with its flow-run processes (its own process group)."""
+    if worker.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
 
 
 def wait_paused(worker: subprocess.Popen, flow_run_id: str, log_path: Path, timeout_s: float = 400) -> None:
@@ -123,6 +135,16 @@ def finish(worker: subprocess.Popen, flow_run_id: str, log_path: Path, timeout_s
     worker.wait(timeout=timeout_s)
     state = read_run(flow_run_id).state
     assert worker.returncode == 0 and state.is_completed(), f"{state}\n{log_path.read_text()[-4000:]}"
+
+
+def status_without_auth(url: str) -> int:
+    """The HTTP status of a GET of ``url`` without credentials (loopback: no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def s3_keys(moto_s3: MotoS3, prefix: str) -> list[str]:
@@ -147,6 +169,8 @@ def test_compose_topology_trains_with_approval_and_monitors_the_s3_inbox(
         "STEELQC_REPO": str(ROOT),
         "STEELQC_INBOX": f"s3://{BUCKET}/inbox",
     }
+    api = servers["PREFECT_API_URL"]
+    assert (status_without_auth(f"{api}/health"), status_without_auth(f"{api}/work_pools/steelqc")) == (200, 401)
     # what the compose file's `deployments` job does, then no schedule fires while the test runs
     sh(env, PREFECT, "work-pool", "create", "steelqc", "--type", "process", "--overwrite")
     sh(env, PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
@@ -161,8 +185,7 @@ def test_compose_topology_trains_with_approval_and_monitors_the_s3_inbox(
         approved = cli_json(env, "registry", "approve", training, "--reviewer", "ml-lead", "--comment", "topology")
         finish(worker, training, worker_log)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        stop_worker(worker)
     log.info("training run approved and finished after %.0f s", time.monotonic() - start)
     event = approved["event"]
     assert approved["applied"] is True and (event["action"], event["actor"]) == ("approve", "ml-lead")
@@ -192,8 +215,7 @@ def test_compose_topology_trains_with_approval_and_monitors_the_s3_inbox(
     try:
         finish(worker, monitoring, worker_log)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        stop_worker(worker)
     log.info("monitoring run finished after %.0f s", time.monotonic() - start)
     [decision] = cli_json(env, "monitor", "--history")["history"]  # read back from the MLflow server
     assert decision["status"] == "FINISHED" and decision["decision"], decision
