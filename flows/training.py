@@ -44,6 +44,7 @@ log = logging.getLogger("flows.training")
 
 FLOW_NAME = "training-pipeline"
 DATA_KEYS = ("valid", "quarantined", "by_class", "fingerprint", "manifest", "quarantine")
+REVIEW_KEYS = ("relabelled_by_review", "confirmed_by_review")  # when the reviewed source changed a label
 NOT_IN_SUMMARY = ("predictions", "confusion_matrix")  # per-image and per-cell figures stay in metrics.json
 
 
@@ -326,7 +327,8 @@ class TrainingResult:
             "train": self.train.summary(),
             "splits": self.splits["counts"],
             "split_warnings": self.splits["warnings"],
-            "data": {k: self.ingest[k] for k in DATA_KEYS},
+            "data": {k: self.ingest[k] for k in DATA_KEYS}
+            | {k: self.ingest[k] for k in REVIEW_KEYS if self.ingest.get(k)},
             "run_dir": self.run_dir,
             "artifacts": self.evaluation.artifacts,
             "tracking_uri": self.tracking_uri,
