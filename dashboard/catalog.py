@@ -42,23 +42,23 @@ class VersionRow:
 
     def summary(self) -> dict[str, str]:
         """The row of the versions table (strings only: an HTML table, readable in any browser)."""
-        passed = {True: "passed", False: "failed", None: "-"}[self.gates_passed]
+        passed = {True: "passed", False: "failed", None: "—"}[self.gates_passed]
         return {
             "version": self.version,
-            "aliases": ", ".join(self.aliases) or "-",
+            "aliases": ", ".join(self.aliases) or "—",
             "gates": passed,
             "macro_f1": _figure(self.macro_f1),
             "threshold": _figure(self.threshold),
             "registered": self.created,
-            "run": self.run_id or "-",
+            "run": self.run_id or "—",
         }
 
 
 def _figure(value: Any) -> str:
-    """A number (or a number's text, as tags hold it) to at most 4 decimals; "-" when missing; anything else as
+    """A number (or a number's text, as tags hold it) to at most 4 decimals; "—" when missing; anything else as
     its text (a gate's threshold may be a table)."""
     if value is None or value in ("", "None"):
-        return "-"
+        return "—"
     if isinstance(value, bool):
         return str(value)
     try:
@@ -78,7 +78,7 @@ def _gates(tags: dict[str, str]) -> dict[str, Any]:
 
 def _created(millis: int | None) -> str:
     if not millis:
-        return "-"
+        return "—"
     return datetime.fromtimestamp(millis / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

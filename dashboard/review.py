@@ -1,4 +1,4 @@
-"""What the dashboard's *Review* page reads and does: the review queue the drift monitor fills
+"""What the dashboard's *Review* page reads and does: the review queue the drift monitor and training runs fill
 (``monitoring/review.py``), one image at a time with the model's guess, and one-click labels.
 
 Plain functions over a :class:`~steelqc.monitoring.review_labels.LabelDesk`, testable without Streamlit. A label
@@ -81,9 +81,13 @@ def guess(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe(entry: dict[str, Any]) -> str:
-    """One line for people: why the image was queued, the guess and the votes so far."""
+    """One line for people: why the image was queued, the class the data gives (an image a training run queued),
+    the guess and the votes so far."""
     reasons = ", ".join(entry.get("reasons") or []) or "no reason recorded"
     parts = [f"queued for: {reasons}"]
+    if entry.get("training_run"):
+        split = f" ({entry['split']} image of training run {entry['training_run']})" if entry.get("split") else ""
+        parts.append(f"labelled {entry.get('label')} in the data{split}")
     g = guess(entry)
     if "predicted" in g:
         confidence = f" (confidence {g['confidence']:.3f})" if isinstance(g.get("confidence"), int | float) else ""

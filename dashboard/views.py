@@ -21,7 +21,7 @@ from streamlit.navigation.page import StreamlitPage
 
 from steelqc.dashboard import catalog, drift, review
 from steelqc.dashboard.inspection import Inspection, folder_images, inspect_image
-from steelqc.model_registry import packaging, promotion
+from steelqc.model_registry import card, packaging, promotion
 from steelqc.model_registry.packaging import SteelDefectModel, UnsafeModel
 from steelqc.model_registry.store import client, configure
 from steelqc.monitoring.review_labels import LabelDesk, LabelError
@@ -168,12 +168,28 @@ def models_page() -> None:
                 st.table(gates, hide_index=True)
             else:
                 st.caption("No gate table in this version's tags.")
+    _model_card(mlflow_client, name, rows, aliases)
     st.subheader("Audit trail")
     audit = catalog.audit_rows(mlflow_client, name)
     if audit:
         st.table(audit, hide_index=True)
     else:
         st.caption("No audit events yet.")
+
+
+def _model_card(mlflow_client: MlflowClient, name: str, rows: list[catalog.VersionRow], aliases: dict) -> None:
+    """A chosen version's model card (the champion's first), as the registry holds it."""
+    st.subheader("Model card")
+    versions = [r.version for r in rows]
+    champion = aliases.get(promotion.CHAMPION)
+    start = versions.index(champion) if champion in versions else 0
+    chosen = st.selectbox("Card of version", versions, index=start, key="card_version")
+    text = card.read_card(mlflow_client, name, chosen) if chosen is not None else None
+    if text is None:
+        st.caption(f"Version {chosen} has no model card (versions registered before cards existed).")
+        return
+    with st.container(border=True):
+        st.markdown(text)
 
 
 # ------------------------------------------------------------------------------------------------- Review

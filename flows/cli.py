@@ -762,7 +762,8 @@ def registry_repackage(
 
 
 review = typer.Typer(
-    help='The labelling queue the drift monitor fills (README "Drift monitoring").', no_args_is_help=True
+    help='The labelling queue that the drift monitor and training runs fill (README "Drift monitoring").',
+    no_args_is_help=True,
 )
 app.add_typer(review, name="review")
 

@@ -85,8 +85,8 @@ def retrain_step(reason: str, monitoring_run_id: str) -> str:
 
 
 @task(name="review-queue", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def review_step(picks: pd.DataFrame, batch: Batch, run_id: str, overrides: dict) -> int:
-    return monitor.queue_for_review(picks, batch, settings_for(overrides), run_id)
+def review_step(picks: pd.DataFrame, batch: Batch, run_id: str, version: str | None, overrides: dict) -> int:
+    return monitor.queue_for_review(picks, batch, settings_for(overrides), run_id, version)
 
 
 @task(name="close-record", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -138,7 +138,7 @@ def drift_monitor(incoming: str | None = None, settings_overrides: dict | None =
             picks = monitor.review_picks(frame, result.to_dict()["drift_detected"], settings, champion.model.threshold)
             monitor.write_run_files(run_dir, quarantined, picks)
             result.review_picked, result.picks = len(picks), _picked(picks)
-            result.review_queued = review_step(picks, batch, run_id, overrides)
+            result.review_queued = review_step(picks, batch, run_id, result.model_version, overrides)
             extra = {"steelqc.review_queued": str(result.review_queued), "steelqc.flow_run_id": str(_flow_run_id())}
             close_step(run_id, str(run_dir), result.retrain_flow_run_id, extra, overrides)
             ledger_step(ledger, batch, frame, quarantined, run_id)

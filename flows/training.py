@@ -23,7 +23,7 @@ from prefect.context import FlowRunContext
 
 from steelqc.flows import alerts
 from steelqc.flows.approval import ApprovalOutcome, ApprovalRequest, await_approval, shadow_step, source_rows
-from steelqc.flows.steps import ingest_step, run_folder_step, settings_for, split_step
+from steelqc.flows.steps import ingest_step, queue_review_candidates_step, run_folder_step, settings_for, split_step
 from steelqc.flows.tuning import tune_step
 from steelqc.model_registry import card, packaging, promotion
 from steelqc.model_registry.champion import score_champion
@@ -44,6 +44,7 @@ log = logging.getLogger("flows.training")
 
 FLOW_NAME = "training-pipeline"
 DATA_KEYS = ("valid", "quarantined", "by_class", "fingerprint", "manifest", "quarantine")
+REVIEW_KEYS = ("relabelled_by_review", "confirmed_by_review")  # when the reviewed source changed a label
 NOT_IN_SUMMARY = ("predictions", "confusion_matrix")  # per-image and per-cell figures stay in metrics.json
 
 
@@ -326,7 +327,8 @@ class TrainingResult:
             "train": self.train.summary(),
             "splits": self.splits["counts"],
             "split_warnings": self.splits["warnings"],
-            "data": {k: self.ingest[k] for k in DATA_KEYS},
+            "data": {k: self.ingest[k] for k in DATA_KEYS}
+            | {k: self.ingest[k] for k in REVIEW_KEYS if self.ingest.get(k)},
             "run_dir": self.run_dir,
             "artifacts": self.evaluation.artifacts,
             "tracking_uri": self.tracking_uri,
@@ -399,6 +401,7 @@ def training_pipeline(
     champion = champion_step(run_dir, ingest["label_space"], overrides)
     report = gates_step(evaluation.metrics, ingest["critical_class"], champion, overrides)
     version = register_step(run_dir, run_id, evaluation, train, report, ingest["fingerprint"], overrides)
+    queue_review_candidates_step(run_dir, run_id, version, overrides, return_state=True)  # logged; never fails the run
     outcome = promote_step(version, run_id, report, champion, policy, overrides)
     result = TrainingResult(
         run_id, version, run_dir, ingest, splits, train, evaluation, report, champion, outcome,

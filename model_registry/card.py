@@ -329,6 +329,17 @@ def stored_facts(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
         return json.load(handle)
 
 
+def read_card(client: MlflowClient, name: str, version: str) -> str | None:
+    """The Markdown of a version's model card (``card/model_card.md`` of its run), None when it has none."""
+    run_id = client.get_model_version(name, version).run_id
+    try:
+        path = client.download_artifacts(run_id, f"{CARD_DIR}/{CARD_FILE}")
+    except (MlflowException, OSError):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
 def refresh_card(client: MlflowClient, name: str, version: str, **updates: Any) -> str | None:
     """Re-render the card of a version from its stored facts with ``updates`` (e.g. ``exports=``) and the audit
     trail as it is now; None (nothing written) when the version has no card yet."""

@@ -4,7 +4,9 @@ Pure functions over the reviewed records (``done/<sha256>.json`` of ``monitoring
 the people's class (``reviewed_as``) and the model's guess when the image was queued (``predicted``), with the
 monitoring run that queued it (``monitoring_run``). A record's model version is its own ``model_version`` when it
 has one, else the version the monitoring run scored with (``run_versions``: run id -> version, from the monitoring
-history).
+history). Records a training run queued (``training_run``: its validation and test images picked as suspected label
+errors or confident mistakes) are not images from the line, and were picked because the model disagreed with the
+data: they count in neither the live figures nor the missed criticals.
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ def record_version(record: Mapping[str, Any], run_versions: Mapping[str, str] | 
     return None if version is None else str(version)
 
 
+def is_live(record: Mapping[str, Any]) -> bool:
+    """Whether the record's guess was made on an image from the line (not queued by a training run)."""
+    return record.get("training_run") is None
+
+
 def is_missed_critical(record: Mapping[str, Any], critical: str) -> bool:
-    """True when people labelled the image ``critical`` but the model's recorded guess was another class."""
+    """True when people labelled an image from the line ``critical`` but the model's recorded guess was another
+    class."""
     guess = record.get("predicted")
-    return record.get("reviewed_as") == critical and guess is not None and guess != critical
+    return is_live(record) and record.get("reviewed_as") == critical and guess is not None and guess != critical
 
 
 def live_figures(
@@ -35,12 +43,14 @@ def live_figures(
     run_versions: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Precision, recall and support per class of the reviewed ``records`` that have a label and a recorded guess
-    (only those of model ``version`` when given); ``missed_critical``: those labelled ``critical`` that the model
-    guessed as something else. A ratio with nothing to divide by is None."""
+    (only those of model ``version`` when given; never those a training run queued, :func:`is_live`);
+    ``missed_critical``: those labelled ``critical`` that the model guessed as something else. A ratio with nothing
+    to divide by is None."""
     kept = [
         r
         for r in records
-        if r.get("reviewed_as") is not None
+        if is_live(r)
+        and r.get("reviewed_as") is not None
         and r.get("predicted") is not None
         and (version is None or record_version(r, run_versions) == str(version))
     ]
@@ -72,4 +82,4 @@ def live_figures(
     return {"model_version": version, "n_reviewed": len(kept), "classes": rows, "missed_critical": missed}
 
 
-__all__ = ["is_missed_critical", "live_figures", "record_version"]
+__all__ = ["is_live", "is_missed_critical", "live_figures", "record_version"]

@@ -425,11 +425,15 @@ def review_picks(frame: pd.DataFrame, drifted: bool, settings: Settings, thresho
     )
 
 
-def queue_for_review(picks: pd.DataFrame, batch: Batch, settings: Settings, run_id: str) -> int:
-    """Add the picks to the review queue (``review_queue``); returns how many entries are new."""
+def queue_for_review(
+    picks: pd.DataFrame, batch: Batch, settings: Settings, run_id: str, model_version: str | None = None
+) -> int:
+    """Add the picks to the review queue (``review_queue``), naming the monitoring run and the champion's version
+    that made the guesses; returns how many entries are new."""
     if picks.empty:
         return 0
-    return open_review_queue(settings.review_queue, settings).add(picks, run_id, source=batch.local)
+    queue = open_review_queue(settings.review_queue, settings)
+    return queue.add(picks, run_id, source=batch.local, model_version=model_version)
 
 
 def write_run_files(run_dir: Path, quarantined: list[QuarantinedImage], picks: pd.DataFrame) -> dict[str, Path]:

@@ -1,15 +1,20 @@
-"""The review queue: images of a monitoring batch picked for people to label.
+"""The review queue: images picked for people to label, from a monitoring batch or a training run's evaluation.
 
-:func:`select_for_review` picks rows of a batch (pure, seeded); a :class:`ReviewQueue` (a local folder or an S3
-prefix, :func:`open_review_queue`) keeps one JSON entry per image, named by its content hash::
+:func:`select_for_review` picks rows of a monitoring batch (pure, seeded); a training run picks its suspected label
+errors and most confident mistakes (:mod:`steelqc.tasks.evaluation.label_issues`). A :class:`ReviewQueue` (a local
+folder or an S3 prefix, :func:`open_review_queue`) keeps one JSON entry per image, named by its content hash::
 
     queue/<sha256>.json   {"image", "source_uri", "sha256", "reasons", "predicted", "confidence",
-                           "critical_proba", "novelty" (when known), "monitoring_run", "queued_at"}
+                           "critical_proba", "novelty" (when known), "queued_at",
+                           "monitoring_run" (queued by the drift monitor) or
+                           "training_run", "label", "split" (queued by a training run: the class the data gives
+                           and the split the image is in), "model_version" (when known)}
     images/<sha256><ext>  a local queue's own copy of the image (the inbox may be emptied later)
 
 ``image`` is where a labeller finds the image: the queue's copy in a local queue; the object itself when the
 image came from S3 and the queue is in S3; an uploaded copy under ``images/`` when a local image goes to an S3
-queue. Adding an image again merges its reasons into the entry, never a second entry.
+queue. Adding an image again merges its reasons into the entry (and the data's ``label`` when the entry has none),
+never a second entry; the entry keeps the origin and the model's guess of whoever queued it first.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,11 +37,21 @@ from steelqc.monitoring.inbox import IMAGE_EXTENSIONS, InboxError, check_bucket,
 from steelqc.monitoring.ledger import atomic_write_bytes, utc_now
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.imageio import read_regular_file
+from steelqc.tasks.evaluation.label_issues import CONFIDENT_MISTAKE, SUSPECTED_LABEL_ERROR
 
 log = logging.getLogger(__name__)
 
-REASONS = ("least-confident", "near-critical-threshold", "novel", "drift-sample")
-"""Why an image is queued, in the order an entry lists them."""
+REASONS = (
+    "least-confident",
+    "near-critical-threshold",
+    "novel",
+    "drift-sample",
+    SUSPECTED_LABEL_ERROR,
+    CONFIDENT_MISTAKE,
+)
+"""Why an image is queued, in the order an entry lists them: the drift monitor's, then a training run's."""
+ORIGINS = {"monitoring": "monitoring_run", "training": "training_run"}
+"""Who queues an image -> the entry's key that names their run."""
 REQUIRED_COLUMNS = ("uri", "sha256", "predicted", "confidence", "critical_proba", "novel")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EPS = 1e-12  # |p - threshold| <= margin must hold at the boundary despite float rounding
@@ -166,14 +181,27 @@ class ReviewQueue(ABC):
 
     # ---------------------------------------------------------------------------------------- public
 
-    def add(self, rows: pd.DataFrame, run_id: str, source: dict[str, Path] | None = None) -> int:
-        """Queue the ``rows`` of :func:`select_for_review` for run ``run_id``; returns how many are new.
+    def add(
+        self,
+        rows: pd.DataFrame,
+        run_id: str,
+        source: dict[str, Path] | None = None,
+        *,
+        origin: Literal["monitoring", "training"] = "monitoring",
+        model_version: str | None = None,
+    ) -> int:
+        """Queue ``rows`` for run ``run_id``; returns how many are new.
 
-        ``source`` maps a row's uri to a local copy (an S3 image fetched by the flow): a local queue copies the
-        image from there instead of downloading it again. An image already queued gets its reasons merged (the
-        entry is rewritten only when a reason is new). A row whose image no longer has its hash (changed since
-        it was hashed) is skipped with a warning.
+        ``origin`` ``monitoring`` (the rows of :func:`select_for_review`; the entry names ``monitoring_run``) or
+        ``training`` (the candidates of :func:`~steelqc.tasks.evaluation.label_issues.review_candidates`; the entry
+        names ``training_run`` and keeps the row's ``label`` and ``split``); ``model_version``: the version that made
+        the guess, when known. ``source`` maps a row's uri to a local copy (an S3 image fetched by the flow): a local
+        queue copies the image from there instead of downloading it again. An image already queued gets its reasons
+        merged, and the row's ``label`` when the entry has none (the entry is rewritten only when that changes it). A
+        row whose image no longer has its hash (changed since it was hashed) is skipped with a warning.
         """
+        if origin not in ORIGINS:
+            raise ValueError(f"review queue: origin {origin!r} is not one of {sorted(ORIGINS)}")
         source = source or {}
         added = 0
         for row in rows.to_dict("records"):
@@ -188,10 +216,11 @@ class ReviewQueue(ABC):
             raw = self._read(rel)
             if raw is not None:
                 entry = json.loads(raw)
-                merged = _merge_reasons(entry.get("reasons", []), reasons)
-                if merged != entry.get("reasons"):
-                    entry["reasons"] = merged
-                    self._write(rel, json.dumps(entry, indent=1).encode(), "application/json")
+                merged = {**entry, "reasons": _merge_reasons(entry.get("reasons", []), reasons)}
+                if entry.get("label") is None and _plain(row.get("label")) is not None:
+                    merged["label"] = _plain(row.get("label"))
+                if merged != entry:
+                    self._write(rel, json.dumps(merged, indent=1).encode(), "application/json")
                 continue
             uri = str(row["uri"])
             try:
@@ -207,14 +236,20 @@ class ReviewQueue(ABC):
                 "predicted": _plain(row.get("predicted")),
                 "confidence": _plain(row.get("confidence")),
                 "critical_proba": _plain(row.get("critical_proba")),
-                "monitoring_run": run_id,
+                ORIGINS[origin]: run_id,
                 "queued_at": utc_now(),
             }
             if "novelty" in row:
                 entry["novelty"] = _plain(row["novelty"])
+            if origin == "training":
+                entry["label"], entry["split"] = _plain(row.get("label")), _plain(row.get("split"))
+            if model_version is not None:
+                entry["model_version"] = str(model_version)
             self._write(rel, json.dumps(entry, indent=1).encode(), "application/json")
             added += 1
-        log.info("review queue %s: %d new, %d rows given", self.describe(), added, len(rows))
+        log.info(
+            "review queue %s: %d new, %d rows given (%s run %s)", self.describe(), added, len(rows), origin, run_id
+        )
         return added
 
     def list(self) -> list[dict[str, Any]]:

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = ("image", "label", "reviewer")
 MIN_PREFIX = 6
 """Shortest SHA-256 prefix that names a queued image."""
+ORIGIN_KEYS = ("label", "split", "training_run", "monitoring_run", "model_version")
+"""What an entry says of who queued it and what the data said (``monitoring/review.py``), shown when present."""
 
 
 class LabelError(ValueError):
@@ -292,9 +294,12 @@ class LabelDesk:
 
 
 def summary_of(entry: dict[str, Any]) -> dict[str, Any]:
-    """What `steelqc review` shows of an entry."""
+    """What `steelqc review` shows of an entry: who queued it (``monitoring_run`` or ``training_run``, and
+    ``model_version``) and, for a training run's, the class the data gives (``label``) and the ``split``, when
+    known."""
     keys = ("sha256", "image", "source_uri", "predicted", "confidence", "reasons", "status", "votes", "queued_at")
     out = {k: entry.get(k) for k in keys}
+    out |= {k: entry[k] for k in ORIGIN_KEYS if entry.get(k) is not None}
     out["status"] = out["status"] or "queued"
     out["votes"] = out["votes"] or {}
     if entry.get("reviewed_as"):

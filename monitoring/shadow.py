@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from steelqc.model_registry.packaging import SteelDefectModel
-from steelqc.monitoring.live_figures import live_figures
+from steelqc.monitoring.live_figures import is_live, live_figures
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ FRAME_COLUMNS = ("sha256", "path", "reviewed_as", "reviewed_at")
 
 
 def reviewed_frame(records: Sequence[Mapping[str, Any]], limit: int) -> pd.DataFrame:
-    """The reviewed images to score: ``sha256``, ``path`` (the image in the ``reviewed`` source), ``reviewed_as``
-    and ``reviewed_at``; newest reviewed first, at most ``limit``; records whose image file is gone are left out."""
+    """The reviewed images from the line to score: ``sha256``, ``path`` (the image in the ``reviewed`` source),
+    ``reviewed_as`` and ``reviewed_at``; newest reviewed first, at most ``limit``. Left out: records whose image file
+    is gone, and images a training run queued (its own validation and test images, not images from the line)."""
     rows = [
         {
             "sha256": str(r.get("sha256")),
@@ -37,7 +38,10 @@ def reviewed_frame(records: Sequence[Mapping[str, Any]], limit: int) -> pd.DataF
             "reviewed_at": str(r.get("reviewed_at") or ""),
         }
         for r in records
-        if r.get("reviewed_as") and r.get("reviewed_image") and Path(str(r.get("reviewed_image"))).is_file()
+        if is_live(r)
+        and r.get("reviewed_as")
+        and r.get("reviewed_image")
+        and Path(str(r.get("reviewed_image"))).is_file()
     ]
     frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
     frame = frame.sort_values(["reviewed_at", "sha256"], ascending=[False, True], kind="stable")

@@ -137,6 +137,9 @@ class IngestResult:
     rows_read: int = 0
     sources: dict[str, dict] = field(default_factory=dict)
     """Each data source by name: ``path``, ``format``, ``quarantined`` (README "Data", several sources)."""
+    replaced_by_review: list[dict] = field(default_factory=list)
+    """Rows of other sources dropped for the same image in the ``reviewed`` source (``tasks/data/sources.py``):
+    ``image_id``, ``source``, ``sha256``, ``from`` (their label), ``to`` (the reviewed one), ``reviewed_image_id``."""
 
     @property
     def fingerprint(self) -> str:
@@ -441,6 +444,9 @@ class CsvLabels:
     rows_read: int = 0
     sources: dict[str, dict] = field(default_factory=dict)
     """Each data source by name: ``path``, ``format``, ``quarantined`` (README "Data", several sources)."""
+    replaced_by_review: list[dict] = field(default_factory=list)
+    """Rows of other sources dropped for the same image in the ``reviewed`` source (``tasks/data/sources.py``):
+    ``image_id``, ``source``, ``sha256``, ``from`` (their label), ``to`` (the reviewed one), ``reviewed_image_id``."""
 
 
 def max_rle_chars(shape: tuple[int, int]) -> int:
@@ -1169,6 +1175,8 @@ def summarise(result: IngestResult) -> dict:
         "critical_class": result.critical_class,
         "rows_read": result.rows_read,
         "fingerprint": result.fingerprint,
+        "relabelled_by_review": [r for r in result.replaced_by_review if r["from"] != r["to"]],
+        "confirmed_by_review": sum(r["from"] == r["to"] for r in result.replaced_by_review),
     }
 
 

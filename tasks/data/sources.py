@@ -7,6 +7,13 @@ ids of the settings' class map (``class_names``), so the same name always means 
 settings do not know is an :class:`~steelqc.tasks.data.ingest.IngestError`. Each manifest row keeps its ``source``;
 with several sources image ids become ``NAME/<id>`` (two plants may both have ``0001.jpg``), so the fingerprint
 covers every source's images.
+
+**The relabel rule.** An image people reviewed (`steelqc review`) sits in the ``reviewed`` source under the class
+they gave it, and may still sit in its old source under the old label. When several sources are joined, a row of
+another source whose content hash (``sha256``) is in the ``reviewed`` source is dropped, with its masks: the
+reviewed row wins (:func:`apply_review_labels`). Each dropped row is logged and kept in the result's
+``replaced_by_review`` (the summary's ``relabelled_by_review`` and ``confirmed_by_review``). Splits stay put: the
+split ledger is keyed by content hash.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from steelqc.tasks.config import Settings
+from steelqc.tasks.config import REVIEWED_SOURCE, Settings
 from steelqc.tasks.data.ingest import (
     Format,
     IngestError,
@@ -167,10 +174,53 @@ def _joined(parts: list[IngestResult], settings: Settings, critical: str) -> Ing
     )
 
 
+def is_reviewed_source(source: DataSource, settings: Settings) -> bool:
+    """Whether ``source`` is the ``reviewed`` source: named so, or the settings' ``reviewed_dir``."""
+    return source.name == REVIEWED_SOURCE or source.path.resolve() == settings.reviewed_dir.resolve()
+
+
+def apply_review_labels(parts: list[IngestResult], reviewed: str) -> tuple[list[IngestResult], list[dict]]:
+    """``parts`` (joined and prefixed, one a source) without the rows of other sources whose image (``sha256``) is in
+    source ``reviewed``, nor their masks; and one record per dropped row: ``image_id``, ``source``, ``sha256``,
+    ``from`` (its label), ``to`` (the reviewed label), ``reviewed_image_id``. Without that source, as given."""
+    review = next((p for p in parts if reviewed in p.sources), None)
+    if review is None or review.manifest.empty:
+        return parts, []
+    by_sha = review.manifest.drop_duplicates("sha256").set_index("sha256")
+    out, replaced = [], []
+    for part in parts:
+        manifest = part.manifest
+        dropped = manifest["sha256"].isin(by_sha.index)
+        if part is review or not dropped.any():
+            out.append(part)
+            continue
+        for row in manifest[dropped].itertuples(index=False):
+            reviewed_row = by_sha.loc[row.sha256]
+            replaced.append({
+                "image_id": str(row.image_id), "source": str(row.source), "sha256": str(row.sha256),
+                "from": str(row.label_name), "to": str(reviewed_row["label_name"]),
+                "reviewed_image_id": str(reviewed_row["image_id"]),
+            })  # fmt: skip
+        gone = set(manifest.loc[dropped, "image_id"])
+        masks = part.masks[~part.masks["image_id"].isin(gone)].reset_index(drop=True)
+        out.append(replace(part, manifest=manifest[~dropped].reset_index(drop=True), masks=masks))
+    relabelled = [r for r in replaced if r["from"] != r["to"]]
+    if replaced:
+        log.warning(
+            "the %s source holds %d images of other sources: their rows are dropped, the reviewed label wins "
+            "(%d relabelled%s; %d confirmed)",
+            reviewed, len(replaced), len(relabelled),
+            ": " + ", ".join(f"{r['image_id']} {r['from']} -> {r['to']}" for r in relabelled) if relabelled else "",
+            len(replaced) - len(relabelled),
+        )  # fmt: skip
+    return out, replaced
+
+
 def ingest_sources(
     sources: Sequence[DataSource], settings: Settings, fmt: Format = "auto", critical_class: str | None = None
 ) -> IngestResult:
-    """Validate every source and join them (module docstring); one source is ingested exactly as a lone folder."""
+    """Validate every source and join them, the ``reviewed`` source's labels winning (module docstring); one source
+    is ingested exactly as a lone folder."""
     if len(sources) == 1:
         return ingest(sources[0].path, settings, fmt, critical_class, source=sources[0].name)
     critical = critical_class or settings.critical_class
@@ -180,7 +230,9 @@ def ingest_sources(
         part = _prefixed(join_classes(with_source(part, source.name), settings, source.name), source.name)
         log.info("source %s (%s, %s): %d valid images", source.name, source.path, part.format, len(part.manifest))
         parts.append(part)
-    return with_channels(_joined(parts, settings, critical))
+    reviewed = next((s.name for s in sources if is_reviewed_source(s, settings)), None)
+    parts, replaced = apply_review_labels(parts, reviewed) if reviewed is not None else (parts, [])
+    return replace(with_channels(_joined(parts, settings, critical)), replaced_by_review=replaced)
 
 
 def sources_to_folder(

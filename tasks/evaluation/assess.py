@@ -23,6 +23,7 @@ from steelqc.tasks.data.ingest import load_manifest
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.explain import gradcam_gallery, gradcam_maps, image_mask, mean_cam_in_mask
+from steelqc.tasks.evaluation.label_issues import PROBABILITIES_FILE, probability_frame
 from steelqc.tasks.evaluation.metrics import (
     calibrate_threshold,
     compute_metrics,
@@ -83,7 +84,8 @@ def assess(
     how ``threshold`` was chosen, when given) and the plots. A frame with a ``source`` column gets ``per_source``
     figures too (:func:`~steelqc.tasks.evaluation.metrics.per_source`; ``held_classes``: each source's classes).
 
-    Returns ``{"metrics": {...}, "artifacts": {name: path}, "seconds": float}``.
+    Returns ``{"metrics": {...}, "artifacts": {name: path}, "seconds": float, "proba": the clean probabilities
+    (n x classes, ``frame`` order)}``.
     """
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,12 @@ def assess(
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2))
     artifacts["metrics"] = str(metrics_path)
-    return {"metrics": metrics, "artifacts": artifacts, "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "metrics": metrics,
+        "artifacts": artifacts,
+        "seconds": round(time.perf_counter() - start, 2),
+        "proba": clean,
+    }
 
 
 @dataclass(frozen=True)
@@ -170,18 +177,24 @@ def evaluate_run(
     checkpoint: Path, run_dir: Path, target_recall: float, seed: int = 0, bootstrap_samples: int = 1000
 ) -> Evaluation:
     """Calibrate the critical threshold on the run's validation split, then :func:`assess` on its test split (clean,
-    dim, bright, Grad-CAM inside the RLE masks when ``run_dir/masks.csv`` holds any) into ``run_dir/evaluation``."""
+    dim, bright, Grad-CAM inside the RLE masks when ``run_dir/masks.csv`` holds any) into ``run_dir/evaluation``;
+    every validation and test image's probabilities go to ``evaluation/probabilities.csv`` (artifact
+    ``probabilities``, :mod:`~steelqc.tasks.evaluation.label_issues`)."""
     device = select_device()
     model, meta = load_model(Path(checkpoint), device)
     label_space = LabelSpace.from_dict(meta["label_space"])
     spec = InputSpec.from_dict(meta["input_spec"])
-    calibration = calibrate(model, load_split(run_dir, "val"), label_space, spec, target_recall, device=device)
+    val, test = load_split(run_dir, "val"), load_split(run_dir, "test")
+    val_proba = predict_proba(model, val, label_space, spec, device=device)
+    calibration = calibrate_threshold(
+        true_indices(val, label_space), val_proba, label_space.critical_index, target_recall
+    )
     masks_path = Path(run_dir) / "masks.csv"
     masks = pd.read_csv(masks_path, dtype={"image_id": str}) if masks_path.exists() else None
     result = assess(
         model,
         gradcam_target_layer(model, meta["model_name"]),
-        load_split(run_dir, "test"),
+        test,
         label_space,
         spec,
         Path(run_dir) / "evaluation",
@@ -193,9 +206,29 @@ def evaluate_run(
         calibration=calibration,
         held_classes=held_by_source(Path(run_dir)),
     )
-    return Evaluation(
-        result["metrics"], result["artifacts"], calibration, meta["model_name"], meta["input_spec"], label_space
-    )
+    evaluated = {"val": (val, val_proba), "test": (test, result["proba"])}
+    artifacts = {**result["artifacts"], "probabilities": str(_write_probabilities(run_dir, evaluated, label_space))}
+    return Evaluation(result["metrics"], artifacts, calibration, meta["model_name"], meta["input_spec"], label_space)
+
+
+def _write_probabilities(
+    run_dir: Path, evaluated: dict[str, tuple[pd.DataFrame, np.ndarray]], label_space: LabelSpace
+) -> Path:
+    """``run_dir/evaluation/probabilities.csv``: every evaluated image (split by split) with its probabilities."""
+    parts = []
+    for split, (frame, proba) in evaluated.items():
+        rows = pd.DataFrame({
+            "image_id": frame["image_id"].astype(str).to_numpy(),
+            "path": frame["path"].astype(str).to_numpy(),
+            "sha256": frame["sha256"].astype(str).to_numpy(),
+            "split": split,
+            "label": [label_space.names[i] for i in true_indices(frame, label_space)],
+            "label_index": true_indices(frame, label_space),
+        })  # fmt: skip
+        parts.append(probability_frame(rows, proba, label_space.names))
+    path = Path(run_dir) / "evaluation" / PROBABILITIES_FILE
+    pd.concat(parts, ignore_index=True).to_csv(path, index=False)
+    return path
 
 
 def held_by_source(run_dir: Path) -> dict[str, list[str]] | None:

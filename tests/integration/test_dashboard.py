@@ -142,6 +142,11 @@ def test_inspect_and_models_pages_in_a_browser(dashboard: str, champion: Champio
             promoted = page.locator("table tr", has_text="promote").filter(has_text="champion").first
             expect(promoted).to_be_visible(timeout=60_000)  # the audit trail: who moved the alias to which version
             expect(promoted).to_contain_text(str(champion.summary["aliases"]["champion"]))
+            # the champion's model card, as the registry holds it (its run's card/model_card.md)
+            card_title = f"Model card: {Settings.model_fields['registered_model'].default} v{version}"
+            expect(page.get_by_role("heading", name=card_title)).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("heading", name="Intended use")).to_be_visible()
+            expect(page.get_by_role("heading", name="Critical class")).to_be_visible()
             page.screenshot(path=str(shots(tmp_path) / "dashboard-models.png"), full_page=True)
 
             page.goto(f"{dashboard}/monitoring", wait_until="domcontentloaded")

@@ -115,6 +115,7 @@ def test_drift_starts_one_retrain_per_cooldown_or_asks_for_labels(
     mine = [e for e in entries if e["monitoring_run"] == third["monitoring_run_id"]]
     assert third["review_queued"] == len(mine) >= 2 + 2
     assert all(Path(e["image"]).is_file() and e["source_uri"].startswith(str(folder)) for e in mine)
+    assert {e["model_version"] for e in mine} == {str(champion.summary["model_version"])}  # the champion's guesses
     reasons = {r for e in mine for r in e["reasons"]}
     # the drift sample is drawn from the images no other reason picked: none is left when every image was picked
     assert "least-confident" in reasons and ("drift-sample" in reasons or len(mine) == N_DRIFT), mine

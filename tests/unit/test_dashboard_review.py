@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from steelqc.dashboard import review
+from steelqc.monitoring import review_labels
 from steelqc.monitoring.review import open_review_queue
 from steelqc.monitoring.review_labels import LabelError
 from steelqc.tasks.config import Settings
@@ -121,3 +122,21 @@ def test_the_page_labels_with_one_click(steelqc_home: Path) -> None:
     assert (steelqc_home / "reviewed" / "crack" / f"{first}.png").is_file()
     assert [m.value for m in at.metric] == ["1", "0", "1"]
     assert any(b.key == f"next-{second}-ok" for b in at.button)  # advanced to the next image
+
+
+def test_an_image_a_training_run_queued_shows_the_data_label(steelqc_home: Path) -> None:
+    settings = Settings()
+    path = write_image(steelqc_home.parent / "data" / "scratch.png", (16, 24), "PNG", seed=3)
+    row = {"uri": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "label": "scratch",
+           "split": "val", "predicted": "crack", "confidence": 0.97, "critical_proba": 0.97, "novel": False,
+           "reasons": ["confident-mistake"]}  # fmt: skip
+    queue = open_review_queue(settings.review_queue, settings)
+    assert queue.add(pd.DataFrame([row]), run_id="train-1", origin="training", model_version="2") == 1
+
+    entry = review.queue_view(review.open_desk(settings)).current
+    assert entry is not None
+    line = review.describe(entry)
+    assert line.startswith("queued for: confident-mistake; labelled scratch in the data (val image of training run ")
+    assert "model's guess: crack (confidence 0.970)" in line
+    summary = review_labels.summary_of(entry)
+    assert (summary["label"], summary["training_run"], summary["model_version"]) == ("scratch", "train-1", "2")

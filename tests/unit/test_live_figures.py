@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steelqc.monitoring.live_figures import is_missed_critical, live_figures, record_version
+from steelqc.monitoring.live_figures import is_live, is_missed_critical, live_figures, record_version
 
 CLASSES = ["ok", "crack", "scratch"]
 
@@ -61,3 +61,15 @@ def test_record_version_and_missed_critical() -> None:
     assert not is_missed_critical(rec("a", "crack", "crack"), "crack")
     assert not is_missed_critical(rec("a", "ok", "crack"), "crack")
     assert not is_missed_critical(rec("a", "crack", None), "crack")
+
+
+def test_records_a_training_run_queued_count_in_no_live_figure() -> None:
+    trained = {"training_run": "t1", "model_version": "4", "label": "crack"}
+    records = [
+        {"sha256": "x", "reviewed_as": "crack", "predicted": "ok", **trained},  # the data was right: a real miss
+        {"sha256": "y", "reviewed_as": "ok", "predicted": "ok", **trained},
+        rec("a", "crack", "crack"),
+    ]
+    figures = live_figures(records, CLASSES, "crack")
+    assert figures["n_reviewed"] == 1 and figures["missed_critical"] == []
+    assert not is_missed_critical(records[0], "crack") and is_live(records[2]) and not is_live(records[0])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steelqc.monitoring.review import open_review_queue, select_for_review
+from steelqc.monitoring.review import REASONS, open_review_queue, select_for_review
 from steelqc.tasks.config import Settings
 from tests.helpers import free_port, write_image
 
@@ -195,3 +195,58 @@ def test_a_hash_that_is_not_sha256_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a SHA-256"):
         queue.add(rows, run_id="r")
     assert queue.list() == []
+
+
+# ------------------------------------------------------------------------------- queued by a training run
+
+
+def training_rows(folder: Path, n: int) -> pd.DataFrame:
+    """``n`` tiny PNGs as a training run's review candidates (tasks/evaluation/label_issues.py)."""
+    rows = image_rows(folder, n).drop(columns=["novelty"])
+    rows["label"], rows["split"] = "scratch", "test"
+    rows["predicted"], rows["confidence"] = "crack", 0.97
+    rows["reasons"] = [["confident-mistake", "suspected-label-error"]] * n
+    return rows
+
+
+def test_a_training_run_entry_names_the_run_the_data_label_and_the_version(tmp_path: Path) -> None:
+    rows = training_rows(tmp_path / "data", 1)
+    queue = open_review_queue(str(tmp_path / "review"), Settings())
+
+    assert queue.add(rows, run_id="train-run-1", origin="training", model_version="5") == 1
+
+    [entry] = queue.list()
+    assert (entry["training_run"], entry["label"], entry["split"], entry["model_version"]) == (
+        "train-run-1", "scratch", "test", "5"
+    )  # fmt: skip
+    assert (entry["predicted"], entry["confidence"]) == ("crack", 0.97) and "monitoring_run" not in entry
+    assert entry["reasons"] == ["suspected-label-error", "confident-mistake"]  # in REASONS' order
+    assert REASONS.index("suspected-label-error") < REASONS.index("confident-mistake")
+
+
+def test_the_drift_monitor_adding_the_same_image_merges_reasons_and_keeps_the_origin(tmp_path: Path) -> None:
+    rows = training_rows(tmp_path / "data", 1)
+    queue = open_review_queue(str(tmp_path / "review"), Settings())
+    queue.add(rows, run_id="train-run-1", origin="training", model_version="5")
+    picked = rows.drop(columns=["label", "split"]).assign(reasons=[["novel"]], predicted="ok")
+
+    assert queue.add(picked, run_id="monitor-1", model_version="6") == 0
+
+    [entry] = queue.list()
+    assert entry["reasons"] == ["novel", "suspected-label-error", "confident-mistake"]
+    assert (entry["training_run"], entry["model_version"], entry["predicted"]) == ("train-run-1", "5", "crack")
+    assert "monitoring_run" not in entry
+
+
+def test_a_monitoring_entry_carries_the_champion_version_and_gains_the_data_label(tmp_path: Path) -> None:
+    rows = image_rows(tmp_path / "inbox", 1)
+    queue = open_review_queue(str(tmp_path / "review"), Settings())
+    assert queue.add(rows, run_id="monitor-1", model_version="4") == 1
+    [entry] = queue.list()
+    assert (entry["monitoring_run"], entry["model_version"]) == ("monitor-1", "4") and "label" not in entry
+
+    assert queue.add(training_rows(tmp_path / "inbox", 1), run_id="train-run-2", origin="training") == 0
+    [entry] = queue.list()
+    assert (entry["monitoring_run"], entry["label"]) == ("monitor-1", "scratch") and "training_run" not in entry
+    with pytest.raises(ValueError, match="origin 'nightly'"):
+        queue.add(rows, run_id="x", origin="nightly")  # type: ignore[arg-type]

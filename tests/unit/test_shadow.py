@@ -22,6 +22,15 @@ def records(tmp_path: Path) -> list[dict]:
                     "reviewed_at": f"2026-12-0{i + 1}T00:00:00+00:00"})  # fmt: skip
     out.append({"sha256": "9" * 64, "reviewed_as": "ok", "reviewed_image": str(tmp_path / "gone.png")})
     out.append({"sha256": "8" * 64, "reviewed_as": None, "reviewed_image": str(path)})  # not reviewed
+    out.append(
+        {
+            "sha256": "7" * 64,
+            "reviewed_as": "ok",
+            "reviewed_image": str(path),
+            "training_run": "r1",
+            "reviewed_at": "2026-12-09T00:00:00+00:00",
+        }
+    )  # a training run's own test image, not from the line
     return out
 
 

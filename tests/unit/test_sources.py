@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
 from steelqc.tasks.config import Settings
 from steelqc.tasks.data.ingest import IngestError, dataset_fingerprint, ingest, load_manifest
+from steelqc.tasks.data.prepare import split_run_folder
 from steelqc.tasks.data.sources import (
     DataSource,
     class_id_map,
@@ -16,6 +20,7 @@ from steelqc.tasks.data.sources import (
     parse_sources,
     sources_to_folder,
 )
+from steelqc.tasks.data.split import load_split
 from tests.helpers import write_image
 
 
@@ -148,3 +153,69 @@ def test_a_severstal_source_and_a_class_folder_source_share_class_ids(tmp_path: 
     }
     assert by_source[("sev", "crack")].tolist() == [1]
     assert (result.manifest.loc[result.manifest["source"] == "fold", "pixels_crack"] == 0).all()
+
+
+def _review(image: Path, settings: Settings, label: str) -> Path:
+    """``image`` as `steelqc review` files it: ``reviewed/<class>/<sha256><ext>``."""
+    target = settings.reviewed_dir / label / f"{hashlib.sha256(image.read_bytes()).hexdigest()}{image.suffix}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image, target)
+    return target
+
+
+def test_the_reviewed_label_wins_over_the_old_source_and_is_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(home=tmp_path / "home")
+    a = folders(tmp_path / "a", {"ok": 3, "crack": 3, "scratch": 3})
+    b = folders(tmp_path / "b", {"ok": 3, "crack": 3}, seed=7)
+    relabelled = _review(a / "scratch" / "000.png", settings, "crack")  # people say: a crack, not a scratch
+    confirmed = _review(b / "ok" / "001.png", settings, "ok")
+    _, before = sources_to_folder(parse_sources([f"plant-a={a}", f"plant-b={b}"]), settings, out=tmp_path / "r1")
+    first = split_run_folder(Path(before["out"]), settings)  # the ledger remembers each image's split by content
+    sha = hashlib.sha256(relabelled.read_bytes()).hexdigest()
+    splits = {s: set(load_split(before["out"], s)["sha256"]) for s in ("train", "val", "test")}
+    was_in = next(s for s, hashes in splits.items() if sha in hashes)
+
+    with caplog.at_level(logging.WARNING, logger="steelqc.tasks.data.sources"):
+        sources = parse_sources([f"plant-a={a}", f"plant-b={b}", f"reviewed={settings.reviewed_dir}"])
+        result, summary = sources_to_folder(sources, settings, out=tmp_path / "r2")
+
+    manifest = result.manifest
+    assert manifest["sha256"].is_unique and len(manifest) == before["valid"]  # two rows replaced, none added
+    row = manifest.loc[manifest["sha256"] == sha].iloc[0]
+    assert (row["source"], row["label_name"]) == ("reviewed", "crack")
+    assert "plant-a/scratch/000.png" not in set(manifest["image_id"])
+    assert summary["relabelled_by_review"] == [
+        {"image_id": "plant-a/scratch/000.png", "source": "plant-a", "sha256": sha, "from": "scratch",
+         "to": "crack", "reviewed_image_id": f"reviewed/crack/{relabelled.name}"}
+    ]  # fmt: skip
+    assert summary["confirmed_by_review"] == 1
+    assert hashlib.sha256(confirmed.read_bytes()).hexdigest() in set(
+        manifest.loc[manifest["source"] == "reviewed", "sha256"]
+    )
+    assert summary["sources"]["plant-a"]["by_class"]["scratch"] == 2 and summary["by_class"]["crack"] == 7
+    assert "plant-a/scratch/000.png scratch -> crack" in caplog.text
+    split = split_run_folder(Path(summary["out"]), settings)
+    assert sha in set(load_split(summary["out"], was_in)["sha256"]) and split["ledger_added"] == 0
+    assert first["ledger_added"] == before["valid"]
+
+
+def test_the_reviewed_source_drops_the_masks_of_the_rows_it_replaces(tmp_path: Path) -> None:
+    from steelqc.tasks.data.synth import generate_dataset  # noqa: PLC0415
+
+    settings = Settings(home=tmp_path / "home", image_height=32, image_width=192)
+    generate_dataset(tmp_path / "sev", 8, seed=1, shape=(32, 192), mix={0: 0.25, 1: 0.75})
+    alone = ingest_sources(parse_sources([f"sev={tmp_path / 'sev'}"]), settings)
+    crack = alone.manifest[alone.manifest["label_name"] == "crack"].iloc[0]
+    assert (alone.masks["image_id"] == crack["image_id"]).any()
+    _review(Path(crack["path"]), settings, "scratch")
+    folders(tmp_path / "b", {"crack": 1})
+
+    result = ingest_sources(
+        parse_sources([f"sev={tmp_path / 'sev'}", f"b={tmp_path / 'b'}", f"labelled={settings.reviewed_dir}"]), settings
+    )  # the settings' reviewed folder, whatever its name
+
+    gone = f"sev/{crack['image_id']}"
+    assert gone not in set(result.manifest["image_id"]) and gone not in set(result.masks["image_id"])
+    assert len(result.masks) > 0 and [r["to"] for r in result.replaced_by_review] == ["scratch"]
