@@ -37,7 +37,8 @@ from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.assess import Evaluation, evaluate_run
 from steelqc.tasks.model.distill import DistillationError
-from steelqc.tasks.model.train import TrainConfig, TrainResult, resolve_config, train_model
+from steelqc.tasks.model.distributed import fit
+from steelqc.tasks.model.train import TrainConfig, TrainResult, resolve_config
 from steelqc.tasks.runs import code_version, read_state, write_state
 
 log = logging.getLogger("flows.training")
@@ -113,7 +114,8 @@ def teacher_step(model_uri: str | None, tune_trials: int, settings_overrides: di
 def train_step(
     run_dir: str, run_id: str, cfg: dict, label_space: dict, resume: bool, settings_overrides: dict
 ) -> TrainResult:
-    """Train on the run's train split, pick the best epoch on validation; every epoch's figures to MLflow."""
+    """Train on the run's train split, pick the best epoch on validation; every epoch's figures to MLflow (from
+    this process, also when ``processes`` > 1 runs the training in torchrun processes)."""
     _settings, mlflow_client = _mlflow(settings_overrides)
 
     def on_epoch(epoch: int, figures: dict) -> None:
@@ -129,9 +131,11 @@ def train_step(
     train, val = load_split(run_dir, "train"), load_split(run_dir, "val")
     space, config = LabelSpace.from_dict(label_space), TrainConfig.from_dict(cfg)
     teacher = packaging.load_teacher(config.distill_from) if config.distill_from else None
-    result = train_model(train, val, space, config, Path(run_dir), on_epoch=on_epoch, resume=resume, teacher=teacher)
+    result = fit(train, val, space, config, Path(run_dir), on_epoch=on_epoch, resume=resume, teacher=teacher)
     mlflow_client.log_param(run_id, "weights_used", result.weights_used)
     mlflow_client.log_param(run_id, "device", result.device)
+    for key in ("world_size", "backend", "command") if result.distributed else ():
+        mlflow_client.log_param(run_id, f"ddp.{key}", result.distributed[key])
     mlflow_client.set_tag(run_id, "steelqc.best_epoch", str(result.best_epoch))
     write_state(Path(run_dir), status="trained", best_checkpoint=str(result.best_checkpoint))
     return result

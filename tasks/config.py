@@ -77,6 +77,13 @@ class TrainDefaults(BaseModel):
     ema_decay: float = 0.99  # per-step decay of an exponential moving average of the weights; 0 = off
     amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (README "Training speed")
     threads: int | None = None  # torch threads; None = the CPUs this process may use (affinity, cgroup quota)
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Training processes on this machine: above 1, `torchrun --nproc_per_node N` runs data-parallel "
+        'training (DDP), one process a GPU (README "Scaling"); batch_size is per process, lr unchanged.',
+    )
+    ddp_backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on the CPU
 
 
 # A CI-sized profile: tiny model, small images, one epoch (tests run the real pipeline with it).

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from steelqc.tasks.data.cache import CacheKey, ImageCache
 from steelqc.tasks.data.imageio import decode_image
@@ -394,14 +394,17 @@ def class_weights(label_indices: Sequence[int], num_classes: int) -> torch.Tenso
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def inverse_frequency_weights(label_indices: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Per-sample weights (float64) that make each class equally likely: 1 / the sample's class count."""
+    counts = _counts(label_indices, num_classes)
+    return torch.as_tensor(1.0 / counts[np.asarray(label_indices, dtype=np.int64)], dtype=torch.double)
+
+
 def make_sampler(label_indices: Sequence[int], num_classes: int, seed: int) -> WeightedRandomSampler:
     """Sample with replacement, each class equally likely (inverse frequency); ``len(labels)`` draws, seeded."""
-    counts = _counts(label_indices, num_classes)
-    per_sample = 1.0 / counts[np.asarray(label_indices, dtype=np.int64)]
+    weights = inverse_frequency_weights(label_indices, num_classes)
     generator = torch.Generator().manual_seed(int(seed))
-    return WeightedRandomSampler(
-        torch.as_tensor(per_sample, dtype=torch.double), len(per_sample), replacement=True, generator=generator
-    )
+    return WeightedRandomSampler(weights, len(weights), replacement=True, generator=generator)
 
 
 def make_loader(
@@ -413,11 +416,13 @@ def make_loader(
     device: str,
     seed: int,
     drop_last: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:
-    """A DataLoader: balanced sampler or (train) seeded shuffle; pinned memory on CUDA; persistent workers."""
+    """A DataLoader: balanced sampler or (train) seeded shuffle; pinned memory on CUDA; persistent workers.
+
+    ``sampler``: one given instead (a data-parallel process's shard, :mod:`steelqc.tasks.data.sharding`)."""
     generator = torch.Generator().manual_seed(int(seed))
-    sampler = None
-    if train and balanced:
+    if sampler is None and train and balanced:
         labels = getattr(dataset, "labels", None)
         if labels is None:
             raise ValueError("a balanced loader needs a dataset with a `labels` attribute")
@@ -439,14 +444,17 @@ def make_loader(
     )
 
 
-def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+def set_loader_epoch(loader: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:
     """Make epoch ``epoch``'s sample order (and, without workers, its augmentation) a function of (seed, epoch).
 
     So a resumed run draws the same batches as an uninterrupted one. With worker processes the augmentation
-    stream is seeded per worker instead (see :func:`worker_init`).
+    stream is seeded per worker instead (see :func:`worker_init`). ``rank``: a data-parallel process other than
+    the first augments from its own stream (its sampler's shard comes from ``set_epoch``).
     """
     epoch_seed = int(seed) * 100_003 + int(epoch)
     for gen in {id(g): g for g in (getattr(loader.sampler, "generator", None), loader.generator) if g}.values():
         gen.manual_seed(epoch_seed)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(int(epoch))
     if loader.num_workers == 0 and hasattr(loader.dataset, "reseed"):
-        loader.dataset.reseed([int(seed), int(epoch)])
+        loader.dataset.reseed([int(seed), int(epoch), *([int(rank)] if rank else [])])

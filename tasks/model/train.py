@@ -56,6 +56,7 @@ from steelqc.tasks.data.datasets import (
 )
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.presets import check_augment
+from steelqc.tasks.data.sharding import shard_sampler
 from steelqc.tasks.fileio import atomic_write
 from steelqc.tasks.model.distill import (
     DistillationError,
@@ -77,6 +78,7 @@ from steelqc.tasks.model.inference import (
     to_device,
 )
 from steelqc.tasks.model.models import MODEL_NAMES, build_model, set_train_mode
+from steelqc.tasks.model.parallel import BACKENDS, DistContext, barrier, broadcast_flag, sum_over_ranks, wrap
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,8 @@ class TrainConfig:
     normalize: str = "per_image"
     image_channels: int = 1
     device: str = "auto"
+    processes: int = _DEFAULTS.processes
+    ddp_backend: str = _DEFAULTS.ddp_backend
 
     FINGERPRINT_FIELDS: ClassVar[tuple[str, ...]] = (
         "model",
@@ -164,6 +168,7 @@ class TrainConfig:
         "image_channels",
     )
     DISTILL_FIELDS: ClassVar[tuple[str, ...]] = ("distill_from", "distill_temperature", "distill_alpha")
+    PARALLEL_FIELDS: ClassVar[tuple[str, ...]] = ("processes",)  # the global batch is batch_size x processes
 
     def __post_init__(self) -> None:
         if self.height is None or self.width is None or self.num_workers is None:
@@ -188,6 +193,10 @@ class TrainConfig:
             raise ValueError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
         if self.distill_from is not None and not self.distill_from.strip():
             raise ValueError("distill_from is blank: name the teacher's model URI, or leave it unset")
+        if self.processes < 1 or self.ddp_backend not in BACKENDS:
+            raise ValueError(f"processes must be >= 1 and ddp_backend one of {BACKENDS}")
+        if self.processes > 1 and self.distill_from:
+            raise ValueError("distillation runs in one process: set processes to 1 with distill_from")
         check_augment(self.augment)
         _ = self.input_spec  # raises ValueError on bad input fields
 
@@ -215,8 +224,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def fingerprint_dict(self) -> dict[str, Any]:
-        """The trajectory settings; the distillation ones only when distilling (other runs keep their hash)."""
+        """The trajectory settings; the distillation ones only when distilling and the process count only above
+        one (other runs keep their hash)."""
         names = self.FINGERPRINT_FIELDS + (self.DISTILL_FIELDS if self.distill_from else ())
+        names += self.PARALLEL_FIELDS if self.processes > 1 else ()
         return {k: getattr(self, k) for k in names}
 
     def fingerprint(self) -> str:
@@ -239,6 +250,7 @@ class TrainResult:
     resumed_from_epoch: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None
+    distributed: dict[str, Any] | None = None  # processes > 1: world size, backend, torchrun command, ranks
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -255,6 +267,7 @@ class TrainResult:
         "seconds",
         "device",
         "teacher",
+        "distributed",
     )
 
     def summary(self) -> dict[str, Any]:
@@ -428,6 +441,8 @@ def _check_resume(state: dict[str, Any], cfg: TrainConfig, label_space: LabelSpa
         problems.append("the train/validation images or labels differ from the checkpoint's")
     if saved.distill_from != cfg.distill_from:
         problems.append(f"distill_from: checkpoint {saved.distill_from!r}, now {cfg.distill_from!r}")
+    if saved.processes != cfg.processes:
+        problems.append(f"processes: checkpoint {saved.processes}, now {cfg.processes} (the global batch differs)")
     if problems:
         raise ResumeError("cannot resume from a run with other settings: " + "; ".join(problems))
 
@@ -530,8 +545,15 @@ def train_model(
     progress: bool = True,
     image_cache: ImageCache | None = None,
     teacher: Teacher | None = None,
+    dist: DistContext | None = None,
 ) -> TrainResult:
     """Train ``cfg.model`` on ``train_df``, pick the best epoch on ``val_df``; see the module doc.
+
+    ``dist``: this process's place among ``cfg.processes`` data-parallel processes (inside a ``torchrun`` worker,
+    :mod:`steelqc.tasks.model.distributed`): the model is wrapped in DDP, each rank trains on its shard of every
+    epoch (``ddp/rank-<r>.jsonl`` records which samples), and rank 0 alone validates (the full validation split,
+    the same figures one process computes), writes the checkpoints and calls ``on_epoch``; its early-stopping
+    decision is broadcast. Every rank returns the run's result (rank 0's ``last.pt``).
 
     ``teacher``: the loaded ``cfg.distill_from`` model (required then, refused otherwise): the loss becomes
     :class:`~steelqc.tasks.model.distill.DistillationLoss` with ``cfg.distill_temperature``/``distill_alpha``.
@@ -549,16 +571,22 @@ def train_model(
         )
     if teacher is not None:
         check_teacher(teacher, label_space, cfg.input_spec)
+    if (cfg.processes > 1) != (dist is not None):
+        raise ValueError(
+            f"processes={cfg.processes} {'without' if dist is None else 'with'} a process group: train_model runs "
+            "one process; steelqc.tasks.model.distributed.fit launches torchrun for more"
+        )
+    main = dist is None or dist.is_main
     ckpt_dir = Path(out_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    device = select_device(cfg.device)
+    device = dist.device if dist is not None else select_device(cfg.device)
     threads = set_torch_threads(cfg.threads)
     digest = data_digest(train_df, val_df)
 
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
-        state = _resumable_state(last_path)
+        state = resumable_state(last_path) if main else read_checkpoint(last_path)
         _check_resume(state, cfg, label_space, digest)
         if state["stopped_early"] or state["epoch"] >= cfg.epochs:
             log.info("run in %s already finished (%d epochs): nothing to do", out_dir, state["epoch"])
@@ -584,6 +612,7 @@ def train_model(
         weights_used = state["weights_used"]
     cuda = device.startswith("cuda")
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    trained = wrap(model, dist)  # DDP over `model` with processes > 1; `model` is what is validated and saved
     if cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -591,9 +620,10 @@ def train_model(
         image_cache = ImageCache.from_settings(load_settings())
     cache = image_cache if cfg.cache_images else None
     train_ds = ManifestDataset(train_df, label_space, spec, train=True, cache=cache, seed=cfg.seed, augment=cfg.augment)
-    val_ds = ManifestDataset(val_df, label_space, spec, train=False, cache=cache)
+    val_ds = ManifestDataset(val_df, label_space, spec, train=False, cache=cache if main else None)  # rank 0 validates
+    shard = shard_sampler(train_ds, cfg.balanced_sampler, cfg.seed, dist.rank, dist.world_size) if dist else None
     train_loader = make_loader(
-        train_ds, cfg.batch_size, True, cfg.balanced_sampler, cfg.num_workers, device, cfg.seed, drop_last=False
+        train_ds, cfg.batch_size, True, cfg.balanced_sampler, cfg.num_workers, device, cfg.seed, sampler=shard
     )
     val_loader = make_loader(val_ds, max(cfg.batch_size, 32), False, False, cfg.num_workers, device, cfg.seed)
     loss_weights = class_weights(train_ds.labels, label_space.num_classes) if cfg.weighted_loss else None
@@ -610,7 +640,7 @@ def train_model(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_on and cuda and cfg.amp_dtype == "float16")
     ema = (
         torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_update(cfg.ema_decay), use_buffers=True)
-        if cfg.ema_decay > 0
+        if cfg.ema_decay > 0 and main
         else None
     )
     scored = ema.module if ema is not None else model  # the weights validated and kept as best.pt
@@ -645,19 +675,27 @@ def train_model(
         weights_used,
     )
 
-    stopped = False
+    stopped, rank = False, dist.rank if dist is not None else 0
     for epoch in range(first_epoch, cfg.epochs):
         t0 = time.perf_counter()
         lr = lr_at(epoch, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        set_loader_epoch(train_loader, cfg.seed, epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        set_loader_epoch(train_loader, cfg.seed, epoch, rank)
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * rank)
         train_loss, seen = _train_epoch(
-            model, train_loader, criterion, optimizer, scaler, device, cfg, f"epoch {epoch + 1}/{cfg.epochs}", progress,
-            ema, taught,
+            trained, train_loader, criterion, optimizer, scaler, device, cfg, f"epoch {epoch + 1}/{cfg.epochs}",
+            progress, ema, taught,
         )  # fmt: skip
         train_seconds = time.perf_counter() - t0
+        if dist is not None:
+            _record_rank(Path(out_dir), dist, epoch + 1, seen, shard.drawn if shard is not None else [])
+            total, count = sum_over_ranks([train_loss * seen, seen], dist)  # every rank's images: the epoch's figures
+            train_loss, seen = total / max(count, 1.0), int(count)
+        if not main:
+            if broadcast_flag(False, dist):  # rank 0's early-stopping decision
+                break
+            continue
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, **_validate(scored, val_loader, device, cfg), "lr": lr}
         metrics.update(
             seconds=round(time.perf_counter() - t0, 3), images_per_second=round(seen / max(train_seconds, 1e-9), 2)
@@ -697,16 +735,29 @@ def train_model(
         )  # fmt: skip
         if on_epoch is not None:
             on_epoch(epoch + 1, dict(metrics))
-        if stopped:
+        if broadcast_flag(stopped, dist):
             log.info("early stop after epoch %d: no validation gain for %d epochs", epoch + 1, bad_epochs)
             break
+    if dist is not None:
+        barrier(dist)  # rank 0's last.pt is written: every rank reports from it
+        state = state if main else read_checkpoint(last_path)
     assert state is not None
     if cache is not None:
         log.info("image cache: %s", cache.stats())
     return _result(state, ckpt_dir, time.perf_counter() - start, device, first_epoch)
 
 
-def _resumable_state(last_path: Path) -> dict[str, Any]:
+def _record_rank(out_dir: Path, dist: DistContext, epoch: int, seen: int, drawn: list[int]) -> None:
+    """Append this rank's epoch to ``ddp/rank-<rank>.jsonl``: who it is (pid, host, backend, device), the images it
+    trained on and the train-split positions its sampler drew (the evidence of disjoint shards)."""
+    folder = out_dir / "ddp"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {**dist.describe(), "epoch": epoch, "images": int(seen), "indices": [int(i) for i in drawn]}
+    with (folder / f"rank-{dist.rank}.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def resumable_state(last_path: Path) -> dict[str, Any]:
     """``last.pt`` for ``--resume``; a corrupt one is moved aside (so the next attempt starts this run's training
     afresh) and reported with its path."""
     try:

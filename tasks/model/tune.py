@@ -155,7 +155,8 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
-        cfg = TrainConfig.from_dict({**base_config, **params})
+        # a trial is one process: tuning scales out by workers (trials in parallel), not by DDP inside a trial
+        cfg = TrainConfig.from_dict({**base_config, **params, "processes": 1})
         trial_dir = out_dir / f"trial-{trial.number:04d}"
 
         def report(epoch: int, figures: dict) -> None:
