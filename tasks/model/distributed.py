@@ -155,18 +155,26 @@ def launch(
     command = torchrun_command(cfg.processes, job, folder / "logs")
     log.info("launching %d training processes: %s", cfg.processes, shown_command(command))
     start = time.perf_counter()
+    run_workers(command, folder, cfg.processes, on_epoch)
+    result = _read_result(folder)
+    result.distributed = {**rank_summary(folder), "command": shown_command(command)}
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def run_workers(
+    command: list[str], folder: Path, processes: int, on_epoch: Callable[[int, dict], None] | None = None
+) -> None:
+    """Run a torchrun ``command`` (its console in ``folder/torchrun.log``, relayed to this log), following
+    ``folder/epochs.jsonl`` for ``on_epoch``; raises :class:`DistributedTrainingError` naming the failed rank."""
     with (folder / CONSOLE_FILE).open("w", encoding="utf-8") as console:
-        proc = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=_worker_env(cfg.processes))
+        proc = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=_worker_env(processes))
         try:
             _follow(proc, folder, on_epoch)
         finally:
             _stop(proc)
     if proc.returncode != 0:
-        raise DistributedTrainingError(failure_message(folder, proc.returncode, cfg.processes))
-    result = _read_result(folder)
-    result.distributed = {**rank_summary(folder), "command": shown_command(command)}
-    result.seconds = round(time.perf_counter() - start, 3)
-    return result
+        raise DistributedTrainingError(failure_message(folder, proc.returncode, processes))
 
 
 def _worker_env(processes: int) -> dict[str, str]:
