@@ -399,6 +399,10 @@ def train(
     ] = None,
     distill_temperature: Annotated[float | None, typer.Option(min=0.01, help="Softening temperature (2).")] = None,
     distill_alpha: Annotated[float | None, typer.Option(min=0, max=1, help="Weight of the soft labels (0.5).")] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training processes (torchrun, DDP; one a GPU); default: setting train.processes."),
+    ] = None,
     require_promotion: Annotated[bool, typer.Option(help="Exit 1 unless the model became champion.")] = False,
     tune_trials: Annotated[int, typer.Option(min=0, help="Optuna trials before the final training (total).")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Parallel tuning workers on this machine.")] = 1,
@@ -408,6 +412,7 @@ def train(
     cfg, prefect_ui = _training_settings(approval, as_json), _prefect_ui()
     sizes = dict(batch_size=batch_size, lr=lr, height=height, width=width, weights=weights, freeze_stages=freeze_stages)
     sizes.update(distill_from=distill_from, distill_temperature=distill_temperature, distill_alpha=distill_alpha)
+    sizes.update(processes=processes)
     run = dict(model=model, epochs=epochs, fmt=fmt, critical_class=critical_class, approval=approval, resume=resume)
     run["data"] = data[0] if len(data) == 1 else list(data)  # one folder as before, or several sources
     summary = _run_training(

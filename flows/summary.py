@@ -274,7 +274,13 @@ def _train_line(train: Mapping | None) -> str | None:
         f"{epochs} epoch{'' if epochs == 1 else 's'} on {train.get('device')}, best epoch {train.get('best_epoch')} "
         f"(val macro-F1 {number(train.get('best_val_macro_f1'))}), {number(train.get('seconds'), 1)} s"
         + (f", distilled from {train['teacher']}" if train.get("teacher") else "")
+        + (_ddp_part(train["distributed"]) if train.get("distributed") else "")
     )
+
+
+def _ddp_part(ddp: Mapping) -> str:
+    """``, 2 processes (gloo, torchrun)`` for a data-parallel run."""
+    return f", {ddp.get('world_size')} processes ({ddp.get('backend')}, torchrun)"
 
 
 def _tuning_line(tuning: Mapping) -> str:

@@ -295,3 +295,10 @@ def test_tuning_report_shows_small_learning_rates_and_explains_a_negative_best()
     assert rows["best value"][0].startswith("-0.933 (trial 2): below 0, so no trial reached the critical-precision")
     assert rows["trials"] == ["4 finished, 0 failed, 4 in the study (4 run now by 2 worker(s))"]
     assert rows["MLflow run"] == ["http://127.0.0.1:5000/#/runs/abc"]
+
+
+def test_training_report_names_the_training_processes_of_a_data_parallel_run() -> None:
+    summary = copy.deepcopy(REFUSED)
+    summary["train"]["distributed"] = {"world_size": 2, "backend": "gloo", "command": "torchrun ...", "ranks": []}
+    rows = cells(render(readable.training_report(summary, LINKS)))
+    assert rows["trained"] == ["1 epoch on cpu, best epoch 1 (val macro-F1 0.080), 0.4 s, 2 processes (gloo, torchrun)"]
