@@ -54,7 +54,7 @@ from steelqc.monitoring.trigger import RetrainDecision, decide_retrain
 from steelqc.tasks.config import NIGHTLY_DATA, Settings
 from steelqc.tasks.data.ingest import IngestError
 from steelqc.tasks.data.sources import ingest_sources, parse_sources
-from steelqc.tasks.features import Reference, extract, features_frame
+from steelqc.tasks.features import Reference, extract, feature_workers, features_frame
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +259,11 @@ def score_batch(champion: Champion, batch: Batch, settings: Settings) -> tuple[p
     images the decoder refused, with the reason."""
     model = champion.model
     paths = [str(batch.local[item.uri]) for item, _ in batch.items]
+    workers = feature_workers(settings.monitor_workers, model.device)
     raw = extract(
-        model.model, model.architecture, model.spec, paths, batch_size=settings.monitor_batch_size, device=model.device
-    )
+        model.model, model.architecture, model.spec, paths, batch_size=settings.monitor_batch_size,
+        device=model.device, num_workers=workers,
+    )  # fmt: skip
     by_path = {p: (item.uri, sha) for p, (item, sha) in zip(paths, batch.items, strict=True)}
     quarantined = [
         QuarantinedImage(*by_path[path], f"unreadable: {error}")

@@ -183,6 +183,35 @@ class Settings(BaseSettings):
     )
     lock_timeout_s: float = Field(default=120.0, description="How long to wait for the registry promotion lock.")
 
+    # Faults and retries (README "Faults and retries"): the bounds of every client retry
+    mlflow_http_retries: int = Field(
+        default=4,
+        ge=0,
+        le=10,
+        description="Retries of one MLflow HTTP call (refused or dropped connection, timeout, 5xx): waits 0, then "
+        "2, 4, 8... times mlflow_http_backoff_s (+ up to 1 s) between tries (MLFLOW_HTTP_REQUEST_MAX_RETRIES).",
+    )
+    mlflow_http_backoff_s: int = Field(default=1, ge=0, le=30, description="MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.")
+    mlflow_http_timeout_s: int = Field(
+        default=60, ge=1, description="Seconds one MLflow HTTP try waits for the server (MLFLOW_HTTP_REQUEST_TIMEOUT)."
+    )
+    prefect_client_retries: int = Field(
+        default=5,
+        ge=0,
+        le=8,
+        description="Retries of one Prefect API call after a dropped connection, a timeout or a 502/503: waits 2, 4, "
+        "8... s, +20 % at most (PREFECT_CLIENT_MAX_RETRIES).",
+    )
+    flow_heartbeat_s: int = Field(
+        default=60, ge=30, description="Seconds between a flow run's heartbeats (PREFECT_FLOWS_HEARTBEAT_FREQUENCY)."
+    )
+    zombie_after_s: int = Field(
+        default=300,
+        ge=31,
+        description="A flow run without a heartbeat or an end state for this long is marked Crashed by the Prefect "
+        "server's automation (flows/heartbeats.py); more than flow_heartbeat_s.",
+    )
+
     # Servers, schedules, approval and alerts (README "Operations: servers, the nightly schedule, approval")
     server_host: str = Field(default="127.0.0.1", description="Where `steelqc server start` listens.")
     prefect_port: int = 4200
@@ -235,6 +264,12 @@ class Settings(BaseSettings):
     )
     monitor_max_images: int = Field(default=5000, ge=1, description="Most images one monitoring run takes.")
     monitor_batch_size: int = Field(default=32, ge=1, description="Images per inference batch.")
+    monitor_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Processes decoding images for the monitor's feature pass while the model scores the previous "
+        "batch; default 1 on the CPU, all cores but one (at most 8) on CUDA; 0: in the monitor's process.",
+    )
     drift: DriftRule = Field(default_factory=lambda: DriftRule())
     retrain_cooldown_s: int = Field(
         default=12 * 3600, ge=0, description="At most one drift-triggered retrain per this many seconds."
@@ -299,6 +334,15 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls, init_settings))
+
+    @model_validator(mode="after")
+    def _check_heartbeats(self) -> Settings:
+        if self.zombie_after_s <= self.flow_heartbeat_s:
+            raise ValueError(
+                f"zombie_after_s ({self.zombie_after_s}) must exceed flow_heartbeat_s ({self.flow_heartbeat_s}): "
+                "a healthy run would be marked Crashed between two heartbeats"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:

@@ -13,8 +13,11 @@ Per image:
   from the training classes, with a threshold calibrated on the validation split so that about 1 % of familiar
   images exceed it.
 
-Inference is batched (a DataLoader; no image is held longer than its batch) with a progress bar on stderr. An
-image that cannot be read gets an ``error`` instead of features; the others go on. The reference is stored as
+Inference streams the images in batches through a DataLoader: with ``num_workers`` worker processes (see
+:func:`feature_workers`) decoding, preprocessing and the photometric features run in parallel with the model's pass
+of the previous batch, and at most ``2 x num_workers`` batches wait decoded, so memory does not grow with the
+number of images (what is kept is each image's features). A progress bar goes to stderr. An image that cannot be
+read gets an ``error`` instead of features; the others go on. The reference is stored as
 CSV, JSON and a NumPy ``.npz`` (read with ``allow_pickle=False``): never a pickle.
 """
 
@@ -40,11 +43,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
-from steelqc.tasks.data.datasets import Corruption, InputSpec, build_transforms
+from steelqc.tasks.data.datasets import Corruption, InputSpec, build_transforms, default_num_workers
 from steelqc.tasks.data.imageio import decode_image, luminance, read_regular_file
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
-from steelqc.tasks.model.inference import autocast_context, to_device
+from steelqc.tasks.model.inference import autocast_context, available_cpus, to_device
 from steelqc.tasks.model.models import head_layer, novelty_layers
 
 log = logging.getLogger(__name__)
@@ -93,6 +96,24 @@ def photometric_features(img: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- extraction
+
+
+def feature_workers(requested: int | None, device: str, cpus: int | None = None) -> int:
+    """DataLoader worker processes for :func:`extract`: ``requested`` when set; else on CUDA all cores but one (at
+    most 8, as training: :func:`~steelqc.tasks.data.datasets.default_num_workers`), and on the CPU one when there
+    are two cores or more (decoding a 256x1600 image and its photometric features take about as long as the
+    model's pass there, so one worker overlaps them; more would take the model's cores)."""
+    if requested is not None:
+        return max(0, int(requested))
+    if str(device).startswith("cuda"):
+        return default_num_workers(device)
+    cpus = cpus if cpus is not None else available_cpus()
+    return 1 if cpus >= 2 else 0
+
+
+def _feature_worker_init(worker_id: int) -> None:
+    """A feature worker decodes with one OpenCV thread (the workers are the parallelism; torch sets its own 1)."""
+    cv2.setNumThreads(1)
 
 
 class FeatureDataset(Dataset):
@@ -172,6 +193,7 @@ def extract(
     """Photometric features, embeddings and probabilities of ``paths`` in one pass of the model.
 
     CUDA: autocast (fp16), channels-last, pinned memory; CPU: channels-last. Unreadable images get an error.
+    ``num_workers``: processes decoding ahead of the model (:func:`feature_workers`); the features are the same.
     """
     cuda = str(device).startswith("cuda")
     model.to(device, memory_format=torch.channels_last).eval()
@@ -186,7 +208,11 @@ def extract(
     for block, store in zip(blocks, pooled, strict=True):
         hooks.append(block.register_forward_hook(lambda _m, _args, out, store=store: store.append(_pool(out))))
     dataset = FeatureDataset(paths, spec, corruption)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=cuda)
+    workers = max(0, int(num_workers))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda,
+        worker_init_fn=_feature_worker_init if workers else None, prefetch_factor=2 if workers else None,
+    )  # fmt: skip
     photometric, proba, errors = [], [], []
     try:
         with tqdm(total=len(dataset), desc=desc, unit="img", file=sys.stderr, disable=not progress) as bar:

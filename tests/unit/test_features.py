@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from steelqc.tasks.features import (
     Reference,
     build_reference,
     extract,
+    feature_workers,
     features_frame,
     photometric_features,
 )
@@ -97,6 +99,45 @@ def test_an_unreadable_image_gets_its_reason_and_the_others_go_on(model, images,
     assert "broken" in raw.errors[1] or "Error" in raw.errors[1]
     frame = features_frame(raw, Projection.fit(raw.subset(raw.ok).embedding, 1), None, LABELS, None)
     assert frame["path"].tolist() == [paths[0], paths[2]]
+
+
+class NotePid:
+    """An identity "corruption" that notes which process decoded each image (picklable, for any start method)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, img: np.ndarray, name: str) -> np.ndarray:
+        (self.folder / f"{os.getpid()}-{name}").touch()
+        return img
+
+
+def test_worker_processes_give_the_same_features_in_the_same_order(model, images, tmp_path: Path) -> None:
+    train, _ = images
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(Path(train["path"][0]).read_bytes()[:40])
+    paths = [*train["path"].tolist()[:4], str(broken), *train["path"].tolist()[4:7]]
+    inline = extract(model, "simple_cnn", SPEC, paths, batch_size=3, progress=False)
+    decoded_by = tmp_path / "pids"
+    decoded_by.mkdir()
+    parallel = extract(
+        model, "simple_cnn", SPEC, paths, batch_size=3, num_workers=2, corruption=NotePid(decoded_by), progress=False
+    )
+    pids = {int(f.name.split("-")[0]) for f in decoded_by.iterdir()}
+    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes decoded the images
+    assert parallel.paths == inline.paths == paths
+    assert parallel.ok.tolist() == inline.ok.tolist() == [True] * 4 + [False] + [True] * 3
+    assert parallel.errors[4].split(":")[0] == inline.errors[4].split(":")[0] == "UnidentifiedImageError"
+    for name in ("photometric", "embedding", "proba"):
+        np.testing.assert_array_equal(getattr(parallel, name), getattr(inline, name), err_msg=name)
+    for a, b in zip(parallel.layers, inline.layers, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_feature_workers_follow_the_device_unless_set() -> None:
+    assert feature_workers(3, "cpu") == 3 and feature_workers(0, "cuda") == 0
+    assert feature_workers(None, "cpu", cpus=2) == 1 and feature_workers(None, "cpu", cpus=1) == 0
+    assert feature_workers(None, "cuda") >= 1
 
 
 def test_projection_whitens_the_training_embeddings() -> None:
