@@ -2,12 +2,15 @@
 
 * **Lock.** A promotion lock is a registered model named ``<model>.promotion-lock``: creating a registered model is
   atomic in every MLflow store (the name is a primary key), so the lock holds across machines that share one
-  tracking server. A lock older than ``STALE_LOCK_S`` (a crashed holder) is broken with a warning.
+  tracking server. A lock older than ``STALE_LOCK_S`` (a crashed holder) is broken with a warning; so is, at once,
+  one whose holder is gone: a process of this host that no longer runs, or this very process when it does not hold
+  it any more (its release failed because the tracking server had gone away).
 * **Audit trail.** Each decision is a registered-model tag ``audit/<seq>`` holding a JSON event (when, action,
   alias, from which version to which, why, by whom, run id), so everyone on one tracking server sees the same
   history. Events are written inside the lock, so sequence numbers never collide.
 * **Never half-changed.** If the audit write fails after an alias moved, the alias is put back before the error
-  propagates.
+  propagates. A version is created with all its tags in one call (one transaction in the store); when the server
+  went away before its ``register`` event was written, the retry that finds the version writes it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -45,6 +49,8 @@ LOCK_SUFFIX = ".promotion-lock"
 AUDIT_PREFIX = "audit/"
 STALE_LOCK_S = 600.0
 PROMOTING_ACTIONS = ("promote", "approve", "rollback")
+_HELD: set[str] = set()  # the promotion locks this process holds now
+_HELD_GUARD = threading.Lock()
 SUPERSEDED_BY = "superseded_by"  # version tag: the version this one was repackaged as (model_registry.packaging)
 
 
@@ -54,6 +60,28 @@ class PromotionRefused(RuntimeError):
 
 class LockTimeout(RuntimeError):
     """The promotion lock could not be had in time."""
+
+
+def _holder_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_gone(tags: dict[str, str], lock_name: str) -> str | None:
+    """Why the holder recorded in a lock's tags certainly no longer holds it (None when it may): a process of this
+    host that is not running, or this process, which does not hold ``lock_name`` now."""
+    if tags.get("host") != socket.gethostname() or not str(tags.get("pid", "")).isdigit():
+        return None
+    pid = int(tags["pid"])
+    if pid == os.getpid():
+        with _HELD_GUARD:
+            return None if lock_name in _HELD else "left behind by this process (its release failed)"
+    return None if _holder_alive(pid) else f"its holder, process {pid} on this host, is gone"
 
 
 def actor() -> str:
@@ -76,12 +104,13 @@ def registry_lock(
     """Hold the promotion lock of registered model ``name`` (see the module docstring)."""
     lock_name = f"{name}{LOCK_SUFFIX}"
     owner = owner or f"{actor()} pid {os.getpid()}"
+    tags = {"owner": owner, "host": socket.gethostname(), "pid": str(os.getpid())}
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             client.create_registered_model(
                 lock_name,
-                tags={"owner": owner, "acquired_at": str(time.time())},
+                tags={**tags, "acquired_at": str(time.time())},
                 description="steelqc promotion lock (transient)",
             )
             break
@@ -93,21 +122,37 @@ def registry_lock(
             age = time.time() - float(held.tags.get("acquired_at", time.time()))
         except MlflowException:
             continue  # released between our attempts
-        if age > STALE_LOCK_S:
-            log.warning("breaking a stale promotion lock held by %s for %.0f s", held.tags.get("owner"), age)
+        gone = holder_gone(held.tags, lock_name)
+        if gone or age > STALE_LOCK_S:
+            why = gone or f"older than {STALE_LOCK_S:.0f} s"
+            log.warning(
+                "breaking the promotion lock of %s held by %s for %.0f s: %s", name, held.tags.get("owner"), age, why
+            )
             with contextlib.suppress(MlflowException):
                 client.delete_registered_model(lock_name)
             continue
         if time.monotonic() > deadline:
-            raise LockTimeout(f"promotion lock of {name!r} held by {held.tags.get('owner')} for {age:.0f} s")
+            raise LockTimeout(
+                f"promotion lock of {name!r} held by {held.tags.get('owner')} for {age:.0f} s (waited "
+                f"{timeout_s:.0f} s, setting lock_timeout_s): run again once it is released; a lock older than "
+                f"{STALE_LOCK_S:.0f} s, or one whose process on this host is gone, is broken by the next attempt"
+            )
         time.sleep(0.1 + random.random() * 0.2)
+    with _HELD_GUARD:
+        _HELD.add(lock_name)
     try:
         yield
     finally:
+        with _HELD_GUARD:
+            _HELD.discard(lock_name)
         try:
             client.delete_registered_model(lock_name)
-        except MlflowException as exc:  # pragma: no cover - only if someone broke our lock
-            log.warning("could not release promotion lock %s: %s", lock_name, exc)
+        except MlflowException as exc:  # the tracking server went away, or someone broke our lock
+            log.warning(
+                "could not release promotion lock %s (%s): the next attempt breaks it (this host), or it expires "
+                "after %.0f s",
+                lock_name, exc, STALE_LOCK_S,
+            )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- audit
@@ -199,24 +244,25 @@ def register_version(
         if found:
             version = min(found, key=lambda v: int(v.version))
             log.info("%s already registered as %s v%s", existing or f"run {run_id}", name, version.version)
+            if not _registration_recorded(client, name, str(version.version)):  # the server went away before
+                _record_registration(client, name, str(version.version), run_id, f"{reason} (recorded by a retry)")
             return version, False
         version = client.create_model_version(
             name, source=model_uri, run_id=run_id, tags=tags, model_id=logged_model_id(model_uri)
         )
-        _record(
-            client,
-            name,
-            {
-                "action": "register",
-                "alias": None,
-                "from_version": None,
-                "to_version": str(version.version),
-                "reason": reason,
-                "actor": actor(),
-                "run_id": run_id,
-            },
-        )
+        _record_registration(client, name, str(version.version), run_id, reason)
         return version, True
+
+
+def _registration_recorded(client: MlflowClient, name: str, version: str) -> bool:
+    """Whether the audit trail holds the ``register`` event of ``version``."""
+    return any(e.get("action") == "register" and e.get("to_version") == version for e in history(client, name))
+
+
+def _record_registration(client: MlflowClient, name: str, version: str, run_id: str, reason: str) -> dict:
+    """The audit event of a new version (call inside the lock)."""
+    event = {"action": "register", "alias": None, "from_version": None, "to_version": version, "reason": reason}
+    return _record(client, name, {**event, "actor": actor(), "run_id": run_id})
 
 
 def gates_passed(client: MlflowClient, name: str, version: str) -> bool:

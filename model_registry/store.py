@@ -1,4 +1,5 @@
-"""MLflow set-up: tracking URI, the experiment and a client, from the settings."""
+"""MLflow set-up: tracking URI, the experiment and a client, from the settings; the bounds of MLflow's HTTP retries
+(settings ``mlflow_http_*``, README "Faults and retries")."""
 
 from __future__ import annotations
 
@@ -9,16 +10,32 @@ import mlflow
 from mlflow import MlflowClient
 
 from steelqc.tasks.config import Settings
+from steelqc.tasks.faults import MlflowRetries
 
 log = logging.getLogger(__name__)
 
 
+def http_retries(settings: Settings) -> MlflowRetries:
+    """The retry bounds of one MLflow HTTP call under ``settings``."""
+    return MlflowRetries(settings.mlflow_http_retries, settings.mlflow_http_backoff_s, settings.mlflow_http_timeout_s)
+
+
+def bound_http_retries(settings: Settings) -> MlflowRetries:
+    """Set MLflow's HTTP retry variables from the settings (MLflow reads them at each call; its own defaults, 7
+    retries with back-off factor 2 and a 120 s timeout, keep one call to a stopped server going for about 4 min)."""
+    retries = http_retries(settings)
+    os.environ.update(retries.environ())
+    return retries
+
+
 def configure(settings: Settings) -> str:
-    """Point MLflow at the configured store, create the experiment if needed; returns its id.
+    """Point MLflow at the configured store with bounded HTTP retries, create the experiment if needed; returns its
+    id.
 
     With the embedded default (SQLite under ``STEELQC_HOME``) artifacts go to ``STEELQC_HOME/mlartifacts``.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    bound_http_retries(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     uri = settings.mlflow_uri
     mlflow.set_tracking_uri(uri)
@@ -37,5 +54,6 @@ def configure(settings: Settings) -> str:
 
 
 def client(settings: Settings) -> MlflowClient:
-    """A client bound to the configured tracking and registry store."""
+    """A client bound to the configured tracking and registry store (with bounded HTTP retries)."""
+    bound_http_retries(settings)
     return MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
