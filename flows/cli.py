@@ -299,17 +299,27 @@ def split(
 @contextlib.contextmanager
 def prefect_api(cfg: Settings) -> Iterator[None]:
     """The Prefect API for a command that runs a flow: the configured or local server, else a temporary one that
-    cannot outlive this process (Prefect's own temporary server survives a ``kill -9`` of the command)."""
-    if os.environ.get("PREFECT_API_URL"):
-        services.reap_orphans(cfg.home)
-        yield
-        return
+    cannot outlive this process (Prefect's own temporary server survives a ``kill -9`` of the command). Flow runs
+    send heartbeats and the server marks silent ones Crashed (flows/heartbeats.py); client retries are bounded."""
     from prefect.events.worker import EventsWorker  # noqa: PLC0415  (Prefect: slow)
     from prefect.logging.handlers import APILogWorker  # noqa: PLC0415  (Prefect: slow)
     from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: PLC0415  (Prefect: slow)
 
-    with services.temporary_prefect(cfg.home) as url, temporary_settings(updates={PREFECT_API_URL: url}):
+    from steelqc.flows import heartbeats  # noqa: PLC0415  (Prefect: slow)
+
+    heartbeats.bound_flow_processes(cfg)
+    if os.environ.get("PREFECT_API_URL"):
+        services.reap_orphans(cfg.home)
+        with temporary_settings(updates=heartbeats.client_settings(cfg)):
+            _watch_silent_runs(cfg)
+            yield
+        return
+    with (
+        services.temporary_prefect(cfg.home) as url,
+        temporary_settings(updates={PREFECT_API_URL: url, **heartbeats.client_settings(cfg)}),
+    ):
         os.environ["PREFECT_API_URL"] = url  # for worker processes this command starts
+        _watch_silent_runs(cfg)
         try:
             yield
         finally:
@@ -318,13 +328,39 @@ def prefect_api(cfg: Settings) -> Iterator[None]:
             os.environ.pop("PREFECT_API_URL", None)
 
 
+def _watch_silent_runs(cfg: Settings) -> None:
+    """The Prefect server's automation that marks silent flow runs Crashed; a server that refuses it is logged."""
+    from steelqc.flows.heartbeats import AUTOMATION, ensure_zombie_automation  # noqa: PLC0415  (Prefect: slow)
+
+    try:
+        ensure_zombie_automation(cfg)
+    except Exception as exc:
+        log.warning("could not set up the automation %s on the Prefect server (%s): a run that goes silent there "
+                    "stays Running", AUTOMATION, exc)  # fmt: skip
+
+
+def _fail_run(exc: Exception, cfg: Settings, as_json: bool, what: str, then: str) -> None:
+    """Exit 1 for a failed flow: a fault of a server or the disk with its give-up message (flows/faults.py), anything
+    else with its type and text."""
+    from steelqc.flows.faults import explain  # noqa: PLC0415  (settings only, but keep the CLI's start-up small)
+
+    fault = explain(exc, cfg, then)
+    if fault is None:
+        log.exception(what)
+        _fail(f"{what}: {type(exc).__name__}: {exc}", as_json, code=1)
+    log.debug("%s", what, exc_info=exc)
+    _fail(fault.message, as_json, code=1, **fault.extra())
+
+
 def _run_training(as_json: bool, **kwargs: Any) -> dict:
     """Run the training-pipeline flow; bad input exits 2, a failed run exits 1."""
+    from steelqc.flows.faults import RESUME  # noqa: PLC0415  (see _fail_run)
     from steelqc.flows.training import training_pipeline  # noqa: PLC0415  (torch, MLflow, Prefect: slow)
     from steelqc.tasks.data.ingest import IngestError  # noqa: PLC0415  (pandas: slow)
 
+    cfg = settings()
     try:
-        with prefect_api(settings()):
+        with prefect_api(cfg):
             result = training_pipeline(**kwargs)
         return result.to_dict() if hasattr(result, "to_dict") else result  # the flow's TrainingResult as JSON
     except IngestError as exc:
@@ -332,8 +368,7 @@ def _run_training(as_json: bool, **kwargs: Any) -> dict:
     except ValueError as exc:  # bad option values (unknown model, profile, ...)
         _fail(str(exc), as_json)
     except Exception as exc:
-        log.exception("training pipeline failed")
-        _fail(f"training pipeline failed: {type(exc).__name__}: {exc}", as_json, code=1)
+        _fail_run(exc, cfg, as_json, "training pipeline failed", RESUME)
     raise AssertionError("unreachable")
 
 
@@ -448,8 +483,7 @@ def tune(
     except IngestError as exc:
         _fail(str(exc), as_json, file=exc.file, row=exc.row)
     except Exception as exc:
-        log.exception("tuning failed")
-        _fail(f"tuning failed: {type(exc).__name__}: {exc}", as_json, code=1)
+        _fail_run(exc, cfg, as_json, "tuning failed", "run `steelqc tune` again (the study keeps its finished trials)")
     links = _ui_links(cfg, {"run_id": summary.get("parent_run_id")}, None)
     emit(summary, as_json, lambda s: readable.tuning_report(s, links))
 
@@ -572,8 +606,7 @@ def _run_monitor(cfg: Settings, incoming: str | None, as_json: bool) -> dict:
     except MonitorBusy as exc:
         _fail(str(exc), as_json, code=1)
     except Exception as exc:
-        log.exception("drift monitor failed")
-        _fail(f"drift monitor failed: {type(exc).__name__}: {exc}", as_json, code=1)
+        _fail_run(exc, cfg, as_json, "drift monitor failed", "run `steelqc monitor` again (the ledger keeps its place)")
     raise AssertionError("unreachable")
 
 
@@ -906,7 +939,17 @@ def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
         out = services.start_all(cfg.home, [all_plans[name] for name in names])
     except Exception as exc:
         _fail(f"server start failed: {exc}", as_json, code=1, servers=out)
+    if "prefect" in names:
+        _on_server(f"{all_plans['prefect'].url}/api", _watch_silent_runs, cfg)
     emit({"servers": out, "ui": {"prefect": all_plans["prefect"].url, "mlflow": all_plans["mlflow"].url}}, as_json)
+
+
+def _on_server(api_url: str, call: Callable[[Settings], None], cfg: Settings) -> None:
+    """``call(cfg)`` with Prefect's client pointed at ``api_url``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: PLC0415  (Prefect: slow)
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        call(cfg)
 
 
 @server.command("stop")
@@ -939,6 +982,10 @@ def serve_cmd(
     cfg = settings()
     if not os.environ.get("PREFECT_API_URL"):
         _fail("steelqc serve needs a Prefect server: run `steelqc server start` (or set PREFECT_API_URL)", as_json)
+    from steelqc.flows.heartbeats import bound_flow_processes  # noqa: PLC0415  (Prefect: slow)
+
+    bound_flow_processes(cfg)  # the flow-run processes serve starts send heartbeats
+    _watch_silent_runs(cfg)
     try:
         registered = deployments.register(cfg)
     except Exception as exc:
