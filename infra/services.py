@@ -169,7 +169,17 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that died and waits for its parent to reap it (a server killed with ``kill -9`` whose starter had
+    exited): gone, so a restart need not wait for it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return any(line.startswith("State:") and "Z" in line.split()[1:2] for line in status.splitlines())
 
 
 def read_pid(home: Path, name: str) -> int | None:

@@ -1,11 +1,15 @@
-"""Pure parts of the operations layer: database URLs per service, server commands, reviewer identity."""
+"""Pure parts of the operations layer: database URLs per service, server commands, reviewer identity; a dead server
+is not running."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from steelqc.infra import services
 from steelqc.infra.services import plans
 from steelqc.model_registry.approval import same_identity
 from steelqc.tasks.config import Settings, database_for
@@ -66,3 +70,21 @@ def test_mlflow_artifacts_in_a_folder_or_in_s3(tmp_path: Path) -> None:
 )
 def test_reviewer_identity(reviewer: str, started_by: str, same: bool) -> None:
     assert same_identity(reviewer, started_by) is same
+
+
+def test_a_killed_server_waiting_to_be_reaped_is_not_running() -> None:
+    """A zombie (dead, not yet reaped by its parent) is not running: `steelqc server start` after a `kill -9` of the
+    server need not wait out its stop timeout."""
+    # `sh` starts `true` in the background and becomes `sleep`, which never reaps it: a zombie that is not our child
+    proc = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 5"], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = int(proc.stdout.readline())
+        deadline = time.monotonic() + 5
+        while "Z" not in Path(f"/proc/{zombie}/status").read_text().split("State:")[1][:4]:
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.05)
+        assert not services._alive(zombie)
+        assert services._alive(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
