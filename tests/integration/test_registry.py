@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import socket
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,6 +14,7 @@ import pytest
 from steelqc.model_registry.approval import ReviewerRefused, approve, reject
 from steelqc.model_registry.promotion import (
     CHAMPION,
+    LOCK_SUFFIX,
     LockTimeout,
     PromotionRefused,
     alias_version,
@@ -176,3 +179,44 @@ def test_approval_refuses_reviewers_who_may_not_decide_and_records_it(store) -> 
     actions = [e["action"] for e in history(c, name) if e.get("alias") == CHAMPION]
     assert actions == ["approve-refused", "approve-refused", "reject-refused", "approve", "approve-refused"]
     assert alias_version(c, name, CHAMPION) == v1
+
+
+def _dead_pid() -> int:
+    proc = mp.get_context("spawn").Process(target=os.getpid)
+    proc.start()
+    proc.join()
+    return proc.pid
+
+
+def test_a_lock_whose_holder_is_gone_is_broken_at_once(store) -> None:
+    """A lock left behind when the tracking server went away (its release failed): the next attempt on this host
+    breaks it at once, whether a dead process or this one left it, instead of waiting lock_timeout_s and failing; a
+    lock of another host waits (and expires after STALE_LOCK_S)."""
+    settings, c = store
+    name = settings.registered_model
+    ensure_registered_model(c, name)
+    tags = {"owner": "someone", "host": socket.gethostname(), "acquired_at": str(time.time())}
+    for pid in (_dead_pid(), os.getpid()):
+        c.create_registered_model(f"{name}{LOCK_SUFFIX}", tags={**tags, "pid": str(pid)})
+        with registry_lock(c, name, timeout_s=1.0):
+            pass
+    c.create_registered_model(f"{name}{LOCK_SUFFIX}", tags={**tags, "host": "another-host", "pid": "1"})
+    with pytest.raises(LockTimeout, match="run again once it is released"), registry_lock(c, name, timeout_s=0.5):
+        pass
+
+
+def test_a_retry_records_the_register_event_a_cut_off_registration_missed(store) -> None:
+    """The server went away after creating the version (with all its tags, in one call) and before its audit event:
+    the retry that finds the version records the event, once."""
+    settings, c = store
+    name = settings.registered_model
+    ensure_registered_model(c, name)
+    with mlflow.start_run() as run:
+        mlflow.log_dict({}, "model/info.json")
+        uri = f"runs:/{run.info.run_id}/model"
+        cut_off = c.create_model_version(name, source=uri, run_id=run.info.run_id, tags={"gates_passed": "true"})
+        again, created = register_version(c, name, uri, run.info.run_id, {"gates_passed": "true"})
+        register_version(c, name, uri, run.info.run_id, {"gates_passed": "true"})
+    assert not created and again.version == cut_off.version
+    events = [e for e in history(c, name) if e["action"] == "register"]
+    assert [e["to_version"] for e in events] == [str(cut_off.version)] and "recorded by a retry" in events[0]["reason"]
