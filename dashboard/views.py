@@ -25,7 +25,7 @@ from steelqc.model_registry import card, packaging, promotion
 from steelqc.model_registry.packaging import SteelDefectModel, UnsafeModel
 from steelqc.model_registry.store import client, configure
 from steelqc.monitoring.review_labels import LabelDesk, LabelError
-from steelqc.tasks.config import Settings
+from steelqc.tasks.config import Settings, mask_url
 from steelqc.tasks.data.imageio import read_regular_file
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def models_page() -> None:
     settings, mlflow_client = registry()
     name = settings.registered_model
     rows = catalog.versions(mlflow_client, name)
-    st.caption(f"Registered model {name} in {settings.mlflow_uri}")
+    st.caption(f"Registered model {name} in {mask_url(settings.mlflow_uri)}")
     if not rows:
         st.info(f"No version of {name} is registered yet.")
         return

@@ -30,6 +30,7 @@ from steelqc.model_registry.gates import ChampionScore, GateReport
 from steelqc.model_registry.store import client, configure
 from steelqc.monitoring.review_labels import LabelDesk, LabelError
 from steelqc.monitoring.shadow import reviewed_frame, score_labels, shadow_comparison
+from steelqc.tasks import redact
 from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.approval")
@@ -283,7 +284,7 @@ def await_approval(settings: Settings, request: ApprovalRequest) -> ApprovalOutc
     """Publish the request, raise the awaiting-approval alert, pause for the ML lead's decision and apply it; a
     reviewer who may not decide is refused and the run pauses again, until the approval timeout."""
     mlflow_client = client(settings)
-    markdown = request_markdown(request, settings.approval_timeout_s)
+    markdown = redact.redact(request_markdown(request, settings.approval_timeout_s))
     create_markdown_artifact(
         markdown=markdown, key="approval-request", description=f"{request.name} v{request.version}"
     )

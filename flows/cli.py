@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover
 
 from steelqc.flows import deployments
 from steelqc.flows import summary as readable
-from steelqc.infra import services
+from steelqc.infra import mlflow_auth, services
+from steelqc.tasks import redact
 from steelqc.tasks.config import Settings, load_settings
 
 app = typer.Typer(
@@ -80,7 +81,9 @@ NOISY_LOGGERS = (
 
 
 def setup_logging(verbose: bool) -> None:
-    """Logs on stderr: INFO (DEBUG with -v); request and migration logs of libraries at WARNING unless -v."""
+    """Logs on stderr: INFO (DEBUG with -v); request and migration logs of libraries at WARNING unless -v. Every
+    record is redacted (credentials masked: ``tasks/redact.py``) whichever handler writes it."""
+    redact.install()
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if verbose else logging.INFO,
@@ -113,6 +116,7 @@ def settings(**overrides: Any) -> Settings:
     except Exception as exc:  # pydantic ValidationError, missing YAML file
         _fail(f"invalid settings: {exc}", as_json=as_json)
         raise  # unreachable
+    redact.remember(redact.secrets_in_settings(cfg))
     fault = unusable_dir(cfg.home)
     if fault:
         _fail(f"STEELQC_HOME {cfg.home}: {fault}", as_json, file=str(cfg.home), row=None)
@@ -137,8 +141,9 @@ def unusable_dir(path: Path) -> str | None:
 def emit(summary: dict, as_json: bool, view: Callable[[dict], RenderableType] = readable.listing) -> None:
     """Print the summary: one JSON object on stdout, or ``view(summary)`` (a short readable listing by default)."""
     _state.emitted = True
-    if as_json:
-        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+    if as_json:  # credentials never reach stdout: every string of the plain JSON redacted
+        plain = redact.redact_obj(json.loads(json.dumps(summary, default=str)))
+        sys.stdout.write(json.dumps(plain) + "\n")
         sys.stdout.flush()
         return
     # wide enough for paths when piped; a terminal's own width otherwise (and COLUMNS wins, as rich reads it)
@@ -146,7 +151,7 @@ def emit(summary: dict, as_json: bool, view: Callable[[dict], RenderableType] = 
     console = Console(file=sys.stdout, width=width, soft_wrap=False)
     with console.capture() as captured:
         console.print(view(summary))
-    sys.stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    sys.stdout.write(redact.redact("".join(line.rstrip() + "\n" for line in captured.get().splitlines())))
     sys.stdout.flush()
 
 
@@ -903,7 +908,7 @@ app.add_typer(server, name="server")
 WhichOpt = Annotated[list[str] | None, typer.Option("--only", help="prefect or mlflow (default both).")]
 
 
-def _server_plans(cfg: Settings) -> dict:
+def _server_plans(cfg: Settings, auth: mlflow_auth.MlflowAuth | None = None) -> dict:
     return services.plans(
         cfg.home,
         cfg.server_host,
@@ -914,7 +919,20 @@ def _server_plans(cfg: Settings) -> dict:
         cfg.database_url,
         cfg.database_prefix,
         cfg.s3_endpoint_url,
+        auth,
     )
+
+
+def _mlflow_auth(cfg: Settings, names: list[str], as_json: bool) -> mlflow_auth.MlflowAuth | None:
+    """MLflow's basic auth when the setting is on and MLflow starts (infra/mlflow_auth.py); missing admin
+    credentials exit 2."""
+    if not cfg.mlflow_auth or "mlflow" not in names:
+        return None
+    try:
+        return mlflow_auth.from_settings(cfg.home, cfg.database_url, cfg.database_prefix)
+    except mlflow_auth.AuthSetupError as exc:
+        _fail(str(exc), as_json)
+        raise  # unreachable
 
 
 def _which(only: list[str] | None, as_json: bool) -> list[str]:
@@ -930,18 +948,21 @@ def server_start(only: WhichOpt = None, as_json: JsonOpt = False) -> None:
     """Start the servers in the background (logs and pid files under STEELQC_HOME/servers); wait until healthy."""
     cfg = settings()
     names = _which(only, as_json)
-    out = {}
+    auth, out = _mlflow_auth(cfg, names, as_json), {}
     try:
         if cfg.database_url:
-            for name in names:
+            for name in [*names, *(["mlflow_auth"] if auth else [])]:
                 services.ensure_database(cfg.database_url, f"{cfg.database_prefix}_{name}")
-        all_plans = _server_plans(cfg)
+        if auth:
+            mlflow_auth.write_config(auth)  # the users' database and who may log in (0600)
+        all_plans = _server_plans(cfg, auth)
         out = services.start_all(cfg.home, [all_plans[name] for name in names])
     except Exception as exc:
         _fail(f"server start failed: {exc}", as_json, code=1, servers=out)
     if "prefect" in names:
         _on_server(f"{all_plans['prefect'].url}/api", _watch_silent_runs, cfg)
-    emit({"servers": out, "ui": {"prefect": all_plans["prefect"].url, "mlflow": all_plans["mlflow"].url}}, as_json)
+    ui = {"prefect": all_plans["prefect"].url, "mlflow": all_plans["mlflow"].url}
+    emit({"servers": out, "ui": ui, "mlflow_auth": auth is not None}, as_json)
 
 
 def _on_server(api_url: str, call: Callable[[Settings], None], cfg: Settings) -> None:

@@ -29,6 +29,7 @@ from steelqc.monitoring.inbox import open_inbox
 from steelqc.monitoring.ledger import Ledger
 from steelqc.monitoring.monitor import Batch, Champion, MonitorResult, QuarantinedImage
 from steelqc.monitoring.trigger import RetrainDecision
+from steelqc.tasks import redact
 from steelqc.tasks.config import Settings
 
 log = logging.getLogger("flows.monitoring")
@@ -211,7 +212,9 @@ def _picked(picks: pd.DataFrame) -> list[dict]:
 def _finish(result: MonitorResult, start: float) -> MonitorResult:
     result.seconds = round(time.perf_counter() - start, 1)
     create_markdown_artifact(
-        markdown=summary_markdown(result), key="drift-monitor", description=f"drift monitor: {result.decision}"
+        markdown=redact.redact(summary_markdown(result)),
+        key="drift-monitor",
+        description=f"drift monitor: {result.decision}",
     )
     return result
 

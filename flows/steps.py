@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import task
 
 from steelqc.monitoring.review import open_review_queue
+from steelqc.tasks import redact
 from steelqc.tasks.config import Settings, load_settings
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.prepare import split_run_folder
@@ -31,8 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def settings_for(overrides: dict | None) -> Settings:
-    """The settings of a run: the environment and files, then the run's overrides."""
-    return load_settings(**(overrides or {}))
+    """The settings of a run: the environment and files, then the run's overrides. The run's logs are redacted
+    from here on (a flow run started by a worker never went through the CLI's logging set-up)."""
+    settings = load_settings(**(overrides or {}))
+    redact.install()
+    redact.remember(redact.secrets_in_settings(settings))
+    return settings
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=2)

@@ -32,7 +32,8 @@ from steelqc.model_registry.policy import PromotionOutcome, decide_promotion
 from steelqc.model_registry.reference import log_reference, reference_for_run, stored_reference
 from steelqc.model_registry.store import client, configure
 from steelqc.model_registry.tags import version_tags
-from steelqc.tasks.config import Settings
+from steelqc.tasks import redact
+from steelqc.tasks.config import Settings, mask_url
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.split import load_split
 from steelqc.tasks.evaluation.assess import Evaluation, evaluate_run
@@ -409,7 +410,7 @@ def training_pipeline(
     outcome = promote_step(version, run_id, report, champion, policy, overrides)
     result = TrainingResult(
         run_id, version, run_dir, ingest, splits, train, evaluation, report, champion, outcome,
-        settings.registered_model, settings.mlflow_uri, started_by, flow_run_id, policy, tuning,
+        settings.registered_model, mask_url(settings.mlflow_uri), started_by, flow_run_id, policy, tuning,
     )  # fmt: skip
     _follow_up_with_card(settings, result, overrides)
     return _finish(settings, result, time.perf_counter() - start)
@@ -480,7 +481,7 @@ def _finish(settings: Settings, result: TrainingResult, seconds: float) -> Train
     write_state(run_dir, status="finished", model_version=result.model_version, promoted=result.promoted)
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     create_markdown_artifact(
-        markdown=summary_markdown(result, settings),
+        markdown=redact.redact(summary_markdown(result, settings)),
         key="training-summary",
         description=f"steelqc training run {result.run_id}",
     )

@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from steelqc.infra.mlflow_auth import MlflowAuth
+from steelqc.tasks import redact
 from steelqc.tasks.config import database_for, mask_url
 
 log = logging.getLogger(__name__)
@@ -77,11 +79,14 @@ def plans(
     database_url: str | None = None,
     db_prefix: str = "steelqc",
     s3_endpoint_url: str | None = None,
+    mlflow_auth: MlflowAuth | None = None,
 ) -> dict[str, ServicePlan]:
     """The two servers' commands for these settings (pure: creates nothing).
 
     ``artifact_root``: MLflow's artifact store, a folder or a URI (``s3://bucket/prefix``, through
     ``s3_endpoint_url`` when given; the server proxies artifacts, so clients need no S3 credentials).
+    ``mlflow_auth``: MLflow's basic-auth app (``infra/mlflow_auth.py``). The MLflow store's URL travels in the
+    server's environment (``MLFLOW_BACKEND_STORE_URI``), never on its command line (``ps`` shows that to anyone).
     """
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
     prefect_home = home / "prefect"
@@ -99,7 +104,9 @@ def plans(
     }
     prefect_url = f"http://{host}:{prefect_port}"
     mlflow_url = f"http://{host}:{mlflow_port}"
-    mlflow_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_env = {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_BACKEND_STORE_URI": mlflow_store}
+    if mlflow_auth is not None:
+        mlflow_env.update(mlflow_auth.env())
     if s3_endpoint_url:
         mlflow_env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
     return {
@@ -122,10 +129,9 @@ def plans(
                 str(mlflow_port),
                 "--workers",
                 "1",
-                "--backend-store-uri",
-                mlflow_store,
                 "--artifacts-destination",
                 artifacts_uri(artifact_root),
+                *(mlflow_auth.argv() if mlflow_auth is not None else []),
             ],
             env=mlflow_env,
             health_url=f"{mlflow_url}/health",
@@ -226,7 +232,9 @@ def _spawn(home: Path, plan: ServicePlan) -> subprocess.Popen | None:
         raise ServiceError(f"{plan.name}: something else already answers on {plan.url} (not started by steelqc)")
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
-        out.write(f"\n--- steelqc server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {plan.argv}\n".encode())
+        out.write(
+            redact.redact(f"\n--- steelqc server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {plan.argv}\n").encode()
+        )
         out.flush()
         proc = subprocess.Popen(
             plan.argv, env=plan.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

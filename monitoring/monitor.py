@@ -51,7 +51,7 @@ from steelqc.monitoring.inbox import Inbox, InboxError, InboxItem, sha256_of
 from steelqc.monitoring.ledger import Duplicate, Ledger, unreadable_key, utc_now
 from steelqc.monitoring.review import open_review_queue, select_for_review
 from steelqc.monitoring.trigger import RetrainDecision, decide_retrain
-from steelqc.tasks.config import NIGHTLY_DATA, Settings
+from steelqc.tasks.config import NIGHTLY_DATA, Settings, mask_url
 from steelqc.tasks.data.ingest import IngestError
 from steelqc.tasks.data.sources import ingest_sources, parse_sources
 from steelqc.tasks.features import Reference, extract, feature_workers, features_frame
@@ -247,7 +247,9 @@ def load_champion(settings: Settings) -> Champion:
     try:
         version = client.get_model_version_by_alias(name, "champion")
     except MlflowException as exc:
-        raise NoChampion(f"no champion of {name} in {settings.mlflow_uri}: train one first (steelqc train)") from exc
+        raise NoChampion(
+            f"no champion of {name} in {mask_url(settings.mlflow_uri)}: train one first (steelqc train)"
+        ) from exc
     model = packaging.load(f"models:/{name}/{version.version}")
     reference, source = champion_reference(client, settings, model, version)
     log.info("champion %s v%s; drift reference %s", name, version.version, source)

@@ -31,6 +31,10 @@ OPTUNA_HEARTBEAT_S = 30
 OPTUNA_GRACE_S = 90
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 """Largest image file ingest reads (a 1600x256 Severstal image is under 2 MiB); larger files are quarantined unread."""
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+"""Most pixels an image may claim before it is decoded (a decompression bomb is refused from its header)."""
+DEFAULT_MAX_CSV_BYTES = 256 * 1024 * 1024
+"""Largest CSV steelqc reads (train.csv, a review label file): Severstal's full train.csv is about 4 MB."""
 
 
 class Gates(BaseModel):
@@ -114,6 +118,29 @@ class CacheSettings(BaseModel):
         return self.dir if self.dir is not None else Path(home) / "cache" / "images"
 
 
+class GcSettings(BaseModel):
+    """What `steelqc gc` keeps under ``STEELQC_HOME`` (``STEELQC_GC__*``; README "Keeping it running"). Whatever a
+    registered version needs (its run folder, MLflow's store and artifacts, exports, the split ledger, the reviewed
+    source) is never removed, whatever these say."""
+
+    keep_runs: int = Field(default=30, ge=0, description="Newest run folders under runs/ kept (besides needed ones).")
+    keep_monitor_runs: int = Field(
+        default=168, ge=0, description="Newest drift-monitor run folders kept (a week of hourly runs)."
+    )
+    decisions_days: int = Field(default=400, ge=0, description="Days of predict's decision log kept (0: all).")
+    review_days: int = Field(
+        default=90,
+        ge=0,
+        description="Queued review images nobody voted on are dropped after this many days (0: never).",
+    )
+    logs_max_bytes: int = Field(
+        default=64 * 1024**2, ge=0, description="A server log over this is cut to its newest half (0: never)."
+    )
+    min_age_hours: float = Field(
+        default=24.0, ge=0, description="Nothing changed more recently is removed (a run in progress)."
+    )
+
+
 class DriftRule(BaseModel):
     """When a batch of new images counts as drifted (README "Drift monitoring" says why these values)."""
 
@@ -155,7 +182,10 @@ class Settings(BaseSettings):
     image_height: int = SEVERSTAL_SHAPE[0]
     image_width: int = SEVERSTAL_SHAPE[1]
     max_image_pixels: int = Field(
-        default=50_000_000, description="Images with more pixels are refused (decompression bomb)."
+        default=DEFAULT_MAX_IMAGE_PIXELS, gt=0, description="Images with more pixels are refused (decompression bomb)."
+    )
+    max_csv_bytes: int = Field(
+        default=DEFAULT_MAX_CSV_BYTES, gt=0, description="CSV files (train.csv, label imports) larger are refused."
     )
     max_image_bytes: int = Field(
         default=DEFAULT_MAX_IMAGE_BYTES, gt=0, description="Image files larger than this are quarantined unread."
@@ -165,6 +195,7 @@ class Settings(BaseSettings):
     gates: Gates = Field(default_factory=Gates)
     train: TrainDefaults = Field(default_factory=TrainDefaults)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
     io_workers: int = Field(default=4, description="Threads for image checks during ingest.")
 
     # MLflow and the registry
@@ -222,6 +253,11 @@ class Settings(BaseSettings):
         "(<database_prefix>_prefect, <database_prefix>_mlflow); default SQLite under STEELQC_HOME.",
     )
     database_prefix: str = "steelqc"
+    mlflow_auth: bool = Field(
+        default=False,
+        description="`steelqc server start` runs MLflow with basic auth (--app-name basic-auth); admin "
+        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (infra/mlflow_auth.py).",
+    )
     artifacts_destination: str | None = Field(
         default=None,
         description="Where the MLflow server of `steelqc server start` stores artifacts: a folder or "
