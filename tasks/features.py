@@ -111,11 +111,6 @@ def feature_workers(requested: int | None, device: str, cpus: int | None = None)
     return 1 if cpus >= 2 else 0
 
 
-def _feature_worker_init(worker_id: int) -> None:
-    """A feature worker decodes with one OpenCV thread (the workers are the parallelism; torch sets its own 1)."""
-    cv2.setNumThreads(1)
-
-
 class FeatureDataset(Dataset):
     """Images as ``(model tensor, photometric features, error)``; an unreadable image gives zeros, NaNs and the
     reason instead of raising, so one bad file never stops a batch. Images are decoded once, with the spec's
@@ -209,10 +204,11 @@ def extract(
         hooks.append(block.register_forward_hook(lambda _m, _args, out, store=store: store.append(_pool(out))))
     dataset = FeatureDataset(paths, spec, corruption)
     workers = max(0, int(num_workers))
+    # No cv2.setNumThreads in the workers: in a child forked after OpenCV's thread pool ran (the training flow's
+    # evaluation), it blocks for ever; OpenCV's own calls work there.
     loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda,
-        worker_init_fn=_feature_worker_init if workers else None, prefetch_factor=2 if workers else None,
-    )  # fmt: skip
+        dataset, batch_size=batch_size, num_workers=workers, pin_memory=cuda, prefetch_factor=2 if workers else None
+    )
     photometric, proba, errors = [], [], []
     try:
         with tqdm(total=len(dataset), desc=desc, unit="img", file=sys.stderr, disable=not progress) as bar:
@@ -493,13 +489,16 @@ def build_reference(
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> Reference:
     """The drift and novelty reference of a trained model: features of its training and validation images, the
     projection and the novelty score fitted on the training images, the novelty threshold on the validation ones.
 
     ``train``/``val`` are split frames (``path``, ``label``). Unreadable images are left out and counted.
+    ``num_workers``: decoding processes (None: :func:`feature_workers` for the device, as the monitor).
     """
-    kwargs = {"batch_size": batch_size, "device": device, "progress": progress}
+    workers = feature_workers(num_workers, device)
+    kwargs = {"batch_size": batch_size, "device": device, "progress": progress, "num_workers": workers}
     raw_train = extract(model, architecture, spec, train["path"].tolist(), desc="reference (train)", **kwargs)
     raw_val = extract(model, architecture, spec, val["path"].tolist(), desc="reference (val)", **kwargs)
     good_train = raw_train.subset(raw_train.ok)

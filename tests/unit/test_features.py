@@ -6,6 +6,7 @@ import os
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,7 +26,7 @@ from steelqc.tasks.features import (
     photometric_features,
 )
 from steelqc.tasks.model.models import build_model
-from tests.helpers import LABELS, SHAPE, make_split
+from tests.helpers import LABELS, SHAPE, alarm, make_split
 
 SPEC = InputSpec(height=SHAPE[0], width=SHAPE[1])
 
@@ -132,6 +133,15 @@ def test_worker_processes_give_the_same_features_in_the_same_order(model, images
         np.testing.assert_array_equal(getattr(parallel, name), getattr(inline, name), err_msg=name)
     for a, b in zip(parallel.layers, inline.layers, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_feature_workers_forked_after_opencv_ran_its_threads_do_not_hang(model, images) -> None:
+    big = np.random.default_rng(0).integers(0, 256, (1024, 4096), dtype=np.uint8)
+    for _ in range(5):  # OpenCV's thread pool runs in this process before the workers are forked (as in a flow)
+        cv2.GaussianBlur(big, (15, 15), 3)
+    with alarm(60):
+        raw = extract(model, "simple_cnn", SPEC, images[0]["path"].tolist()[:4], num_workers=1, progress=False)
+    assert raw.ok.all()
 
 
 def test_feature_workers_follow_the_device_unless_set() -> None:
