@@ -1068,6 +1068,40 @@ def demo(
     emit(summary, as_json, lambda s: readable.demo_report(s, _ui_links(cfg, s, prefect_ui)))
 
 
+@app.command("gc")
+def gc_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bound STEELQC_HOME: old run folders, drift-monitor runs, decision-log days, stale review images, oversized
+    server logs and cache entries, as the gc settings say; never what a registered version needs (README "Keeping
+    it running"). Exit 1 when the registry cannot be read (nothing is removed then) or a removal failed."""
+    from steelqc.model_registry.store import client, configure  # noqa: PLC0415  (MLflow: slow)
+    from steelqc.monitoring.housekeeping import collect  # noqa: PLC0415  (MLflow: slow)
+
+    cfg = settings()
+    try:
+        configure(cfg)
+        plan = collect(cfg, client(cfg), dry_run)
+    except Exception as exc:
+        _fail_run(
+            exc, cfg, as_json, "gc failed", "run `steelqc gc` again (the registry is read before anything is removed)"
+        )
+        raise  # unreachable
+    emit(plan.to_dict(), as_json, lambda s: readable.listing(_gc_lines(s)))
+    if plan.errors:
+        raise typer.Exit(1)
+
+
+def _gc_lines(summary: dict) -> dict:
+    """The short listing of `steelqc gc`: bytes freed, then items and bytes of each kind, what was kept and why."""
+    mib = lambda n: f"{n / 1024**2:.1f} MiB"  # noqa: E731
+    lines = {"would free" if summary["dry_run"] else "freed": mib(summary["freed_bytes"])}
+    lines |= {kind: f"{v['items']} ({mib(v['bytes'])})" for kind, v in summary["by_kind"].items()}
+    lines["kept"] = summary["kept"] or "nothing needed kept beyond the newest"
+    return lines | ({"errors": summary["errors"]} if summary["errors"] else {})
+
+
 @app.command()
 def dashboard(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
