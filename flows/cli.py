@@ -439,10 +439,7 @@ def train(
     ] = None,
     distill_temperature: Annotated[float | None, typer.Option(min=0.01, help="Softening temperature (2).")] = None,
     distill_alpha: Annotated[float | None, typer.Option(min=0, max=1, help="Weight of the soft labels (0.5).")] = None,
-    processes: Annotated[
-        int | None,
-        typer.Option(min=1, help="Training processes (torchrun, DDP; one a GPU); default: setting train.processes."),
-    ] = None,
+    processes: Annotated[int | None, typer.Option(min=1, help="Training processes (torchrun DDP; one a GPU).")] = None,
     require_promotion: Annotated[bool, typer.Option(help="Exit 1 unless the model became champion.")] = False,
     tune_trials: Annotated[int, typer.Option(min=0, help="Optuna trials before the final training (total).")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Parallel tuning workers on this machine.")] = 1,
