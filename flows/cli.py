@@ -114,7 +114,7 @@ def settings(**overrides: Any) -> Settings:
     try:
         cfg = load_settings(_state.config, **overrides)
     except Exception as exc:  # pydantic ValidationError, missing YAML file
-        _fail(f"invalid settings: {exc}", as_json=as_json)
+        _fail(f"invalid settings: {redact.error_text(exc)}", as_json=as_json)
         raise  # unreachable
     redact.remember(redact.secrets_in_settings(cfg))
     fault = unusable_dir(cfg.home)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
 MASK = "***"
 MIN_SECRET = 4
 """Shorter values are never treated as secrets (masking ``1`` or ``true`` everywhere would garble logs)."""
@@ -130,6 +132,16 @@ def redact_obj(obj: Any, secrets: Iterable[str] | None = None) -> Any:
     if isinstance(obj, list | tuple):
         return [redact_obj(v, values) for v in obj]
     return obj
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception's message, redacted; a pydantic validation error without the input it quotes (pydantic shows
+    the whole input, cut short, so a password may appear in part where no mask can find it)."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False)
+        text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in errors)
+        return redact(f"{exc.error_count()} invalid setting(s): {text}")
+    return redact(str(exc))
 
 
 def _redacting_factory(factory: Any) -> Any:

@@ -59,6 +59,14 @@ def test_settings_secrets_and_nested_objects() -> None:
     assert redact.redact_obj(obj, found) == {"a": ["x ***", ["***"]], "see ***": 3, "n": 1.5, "none": None}
 
 
+def test_invalid_settings_are_named_without_the_values_given() -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings(database_url="mysql://u:Hidden-pa55word-that-is-long@h:1/db", gates={"macro_f1_min": "x"})
+    text = redact.error_text(caught.value)
+    assert "database_url must be a postgresql:// URL" in text or "gates.macro_f1_min" in text
+    assert "pa55" not in text and "Hidden" not in text  # pydantic's own message quotes the input, cut short
+
+
 def test_log_records_are_redacted_when_made(caplog: pytest.LogCaptureFixture) -> None:
     redact.install({"MY_DB_PASSWORD": "L0gged-s3cret"})
     logger = logging.getLogger("steelqc.test_redact")
