@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -127,6 +128,20 @@ def find_entry(entries: dict[str, dict[str, Any]], key: str) -> dict[str, Any]:
         shas = ", ".join(e["sha256"][:12] for e in found)
         raise LabelError(f"image {key!r} names {len(found)} queued images ({shas}): give its SHA-256")
     return found[0]
+
+
+def read_label_file(path: Path, max_bytes: int) -> str:
+    """The text of a label CSV, read only when it is a regular file of at most ``max_bytes`` (``max_csv_bytes``);
+    a :class:`LabelError` naming the file otherwise, or when it cannot be read or is not UTF-8."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise LabelError(f"{path}: not a regular file, not read", str(path))
+        if st.st_size > max_bytes:
+            raise LabelError(f"{path}: {st.st_size} bytes, over max_csv_bytes ({max_bytes}): refused unread", str(path))
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})", str(path)) from None
 
 
 def parse_label_csv(text: str, file: str) -> list[LabelRow]:

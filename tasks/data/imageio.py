@@ -49,6 +49,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from steelqc.tasks.config import DEFAULT_MAX_IMAGE_PIXELS
+
 SIXTEEN_BIT_MODES: frozenset[str] = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 """16-bit unsigned grey modes, scaled to 8 bits by ``round(v * 255 / 65535)``."""
 _DIRECT_TO_L = frozenset({"1", "L", "LA", "RGB", "RGBX", "RGBA"})
@@ -191,18 +193,34 @@ def image_to_array(image: Image.Image, channels: int = 1) -> np.ndarray:
     return np.array(pixels, dtype=np.uint8, copy=True)
 
 
-def decode_image(source: str | Path | BinaryIO, channels: int = 1) -> np.ndarray:
+def check_pixels(image: Image.Image, max_pixels: int) -> None:
+    """Refuse an image whose header claims more than ``max_pixels`` pixels, before any pixel is decoded (a
+    decompression bomb: a few kilobytes that decode to gigabytes)."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UnsupportedImage(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(max_image_pixels; possible decompression bomb): refused without decoding"
+        )
+
+
+def decode_image(
+    source: str | Path | BinaryIO, channels: int = 1, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> np.ndarray:
     """Decode an image file or binary file object by content to uint8 HxW grey (``channels=1``) or HxWx3 RGB
     (``channels=3``), see the module doc.
 
     A path must be a regular file (or a symlink to one): anything else raises :class:`NotRegularFile`
-    without being read.
+    without being read. An image claiming more than ``max_pixels`` pixels raises :class:`UnsupportedImage`
+    undecoded (:func:`check_pixels`).
     """
     _check_channels(channels)
     if isinstance(source, str | Path):
         with open_regular_file(source) as fh, Image.open(fh) as image:
+            check_pixels(image, max_pixels)
             return image_to_array(image, channels)
     with Image.open(source) as image:
+        check_pixels(image, max_pixels)
         return image_to_array(image, channels)
 
 

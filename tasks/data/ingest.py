@@ -48,7 +48,7 @@ from typing import Literal
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES, Settings
+from steelqc.tasks.config import DEFAULT_MAX_CSV_BYTES, DEFAULT_MAX_IMAGE_BYTES, Settings
 from steelqc.tasks.data.imageio import (
     COLOUR_MODES,
     NotRegularFile,
@@ -561,10 +561,13 @@ def _read_records(csv_path: Path) -> list[_Record]:
     return records
 
 
-def _open_csv(csv_path: Path, field_limit: int) -> tuple[str, list[_Record]]:
-    """Read ``train.csv``: the header kind (``new`` or ``old``) and the records after the header."""
+def _open_csv(csv_path: Path, field_limit: int, max_bytes: int = DEFAULT_MAX_CSV_BYTES) -> tuple[str, list[_Record]]:
+    """Read ``train.csv``: the header kind (``new`` or ``old``) and the records after the header; a file over
+    ``max_bytes`` (setting ``max_csv_bytes``) is refused unread."""
     if not csv_path.is_file():
         raise IngestError("train.csv not found", csv_path)
+    if (size := csv_path.stat().st_size) > max_bytes:
+        raise IngestError(f"file is {size} bytes, over max_csv_bytes ({max_bytes}): refused unread", csv_path)
     if csv_path.stat().st_size == 0:
         raise IngestError(
             f"file is empty (0 bytes); expected a header {','.join(NEW_HEADER)} or {','.join(OLD_HEADER)}",
@@ -659,14 +662,16 @@ def _group_fault(lines_by_class: dict[int, list[int]], defect_ids: set[int]) -> 
     )
 
 
-def read_severstal_csv(csv_path: Path, defect_ids: set[int], shape: tuple[int, int]) -> CsvLabels:
+def read_severstal_csv(
+    csv_path: Path, defect_ids: set[int], shape: tuple[int, int], max_bytes: int = DEFAULT_MAX_CSV_BYTES
+) -> CsvLabels:
     """Parse and validate ``train.csv`` (either format).
 
     Rows are numbered by the file's lines (a record holding a quoted line break by the line it starts on). An
     image with any bad row is quarantined as a whole: it is in ``rejected`` and has no entry in ``masks``.
     """
     rle_limit = max_rle_chars(shape)
-    kind, records = _open_csv(csv_path, max(_CSV_DEFAULT_FIELD_LIMIT, rle_limit))
+    kind, records = _open_csv(csv_path, max(_CSV_DEFAULT_FIELD_LIMIT, rle_limit), max_bytes)
     file, size = str(csv_path), f"{shape[1]}x{shape[0]}"
     labels = CsvLabels(kind=kind)
     groups: dict[str, dict[int, list[int]]] = {}  # old format: ImageId -> ClassId -> lines
@@ -867,7 +872,7 @@ def ingest_severstal(root: Path, settings: Settings) -> IngestResult:
     class_names = dict(settings.class_names)
     defect_ids = {cid for cid in class_names if cid != 0}
     shape = settings.image_shape
-    labels = read_severstal_csv(csv_path, defect_ids, shape)
+    labels = read_severstal_csv(csv_path, defect_ids, shape, settings.max_csv_bytes)
     masks, first_line, quarantine = labels.masks, labels.lines, labels.quarantine
 
     on_disk = _scan_train_images(image_dir, root, first_line, quarantine, labels.rejected)
