@@ -8,7 +8,7 @@ STAMP := $(VENV)/.steelqc-installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: venv demo test lint fmt bench clean ui-screenshots chromium
+.PHONY: venv demo test lint fmt bench clean ui-screenshots chromium audit
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ lint: $(STAMP)
 
 test: lint chromium
 	$(BIN)/pytest
+
+# Not part of `make test` (it asks PyPI about every installed package): known vulnerabilities of the installed
+# packages; --strict fails when a package could not be checked. Findings are triaged in README "Security".
+audit: $(STAMP)
+	$(BIN)/pip-audit --skip-editable --strict --desc on --progress-spinner off
 
 # Not part of `make test`: servers + a manual-approval run + headless Chromium screenshots (see infra/).
 ui-screenshots: $(STAMP)
