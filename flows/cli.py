@@ -29,7 +29,8 @@ except ImportError:  # pragma: no cover
 from steelqc.flows import deployments
 from steelqc.flows import summary as readable
 from steelqc.infra import mlflow_auth, services
-from steelqc.tasks import redact
+from steelqc.model_registry import schema
+from steelqc.tasks import homeformat, redact
 from steelqc.tasks.config import Settings, load_settings
 
 app = typer.Typer(
@@ -120,6 +121,10 @@ def settings(**overrides: Any) -> Settings:
     fault = unusable_dir(cfg.home)
     if fault:
         _fail(f"STEELQC_HOME {cfg.home}: {fault}", as_json, file=str(cfg.home), row=None)
+    try:
+        homeformat.check_home(cfg.home)  # a home written by a newer steelqc is refused, an older one migrated
+    except homeformat.HomeFormatError as exc:
+        _fail(str(exc), as_json, file=str(exc.path), row=None)
     return cfg
 
 
@@ -191,6 +196,9 @@ def run(argv: list[str] | None = None) -> None:
         log.error("%s", message)
         fail(message, 2, file)
     except Exception as exc:
+        if advice := schema.explain(exc):  # an MLflow database of another MLflow: what to do, no traceback
+            log.error("%s", advice)
+            fail(advice, 1)
         log.exception("steelqc failed")
         fail(f"{type(exc).__name__}: {exc}", 1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import task
 
 from steelqc.monitoring.review import open_review_queue
-from steelqc.tasks import redact
+from steelqc.tasks import homeformat, redact
 from steelqc.tasks.config import Settings, load_settings
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.data.prepare import split_run_folder
@@ -37,6 +37,8 @@ def settings_for(overrides: dict | None) -> Settings:
     settings = load_settings(**(overrides or {}))
     redact.install()
     redact.remember(redact.secrets_in_settings(settings))
+    if settings.home.is_dir():
+        homeformat.check_home(settings.home)  # written by a newer steelqc: refused; by an older one: migrated
     return settings
 
 

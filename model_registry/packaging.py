@@ -30,6 +30,7 @@ paths (a list, or a DataFrame with a ``path`` column) and returns one record per
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -125,7 +126,7 @@ class SteelDefectModel:
 
     def load(self, checkpoint: Path, bundle_path: Path, device: str | None = None) -> SteelDefectModel:
         """Load from files (weights with ``weights_only=True``; also usable for a checkpoint on disk)."""
-        self.bundle = json.loads(Path(bundle_path).read_text())
+        self.bundle = check_bundle_version(json.loads(Path(bundle_path).read_text()), Path(bundle_path))
         self.device = device or select_device()
         self.model, self.meta = load_checkpoint(Path(checkpoint), self.device)
         self.architecture = self.bundle["architecture"]
@@ -200,6 +201,30 @@ def _as_frame(model_input: Any) -> pd.DataFrame:
     if isinstance(model_input, str | Path):
         model_input = [model_input]
     return pd.DataFrame({"path": [str(p) for p in model_input]})
+
+
+def check_bundle_version(bundle: dict, path: Path) -> dict:
+    """``bundle`` when this steelqc reads its ``bundle_version`` (:data:`BUNDLE_VERSION`; an older one is migrated
+    first, should there ever be one); a bundle from a newer steelqc, or without a version, is refused naming both
+    versions and what to do."""
+    found = bundle.get("bundle_version") if isinstance(bundle, dict) else None
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise UnsafeModel(
+            f"{path}: no valid bundle_version ({found!r}): not written by steelqc's packaging; {_repackage_hint(None)}"
+        )
+    if found > BUNDLE_VERSION:
+        raise UnsafeModel(
+            f"{path}: bundle_version {found} was written by a newer steelqc; this one ({_steelqc_version()}) reads "
+            f"bundle_version {BUNDLE_VERSION} and older: upgrade steelqc to load this model"
+        )
+    return bundle  # version 1 is the first: nothing older to migrate
+
+
+def _steelqc_version() -> str:
+    try:
+        return importlib.metadata.version("steelqc")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown version"
 
 
 def make_bundle(architecture: str, label_space: Any, input_spec: dict, threshold: float | None, **extra: Any) -> dict:

@@ -122,6 +122,12 @@ class Ledger:
                 f"ledger {path} is corrupt ({exc}); restore it or move it away (a new ledger processes every "
                 "image in the inbox again)"
             ) from exc
+        found = data.get("version") if isinstance(data, dict) else None
+        if isinstance(found, int) and found > VERSION:
+            raise LedgerError(
+                f"ledger {path} has version {found}, written by a newer steelqc; this one reads version {VERSION}: "
+                "upgrade steelqc (the ledger is left as it is)"
+            )
         if (
             not isinstance(data, dict)
             or data.get("version") != VERSION
