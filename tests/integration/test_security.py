@@ -104,11 +104,12 @@ def secured(
     tmp_path_factory: pytest.TempPathFactory, cluster: str, prefect_api: dict, champion_data: Path, webhook_404: str
 ) -> Iterator[Secured]:
     """`steelqc server start` (MLflow, basic auth, PostgreSQL store, artifacts in a folder) and `steelqc train
-    --profile tiny` through it, with a credential of every kind in the environment."""
+    --profile tiny` through it, with a credential of every kind in the environment (no review candidates: not
+    what this module tests)."""
     home = tmp_path_factory.mktemp("secured") / "home"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STEELQC_", "PREFECT_API_", "MLFLOW_"))}
-    env.update(prefect_api, **RELAXED)
+    env.update(prefect_api, **RELAXED, STEELQC_REVIEW_LABEL_ISSUES="0", STEELQC_REVIEW_CONFIDENT_MISTAKES="0")
     env.update(
         STEELQC_HOME=str(home), STEELQC_DATABASE_URL=cluster, STEELQC_MLFLOW_AUTH="true", STEELQC_MLFLOW_PORT=str(port),
         MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD,
@@ -249,8 +250,6 @@ def test_backup_wipe_restore_and_the_champion_loads(secured: Secured, champion_d
     image = sorted((champion_data / "train_images").iterdir())[0]
     out = secured.cli("predict", "--model", f"models:/{NAME}@champion", str(image))
     assert out["model_version"] == secured.summary["model_version"] and out["predictions"][0]["label"], out
-    history = secured.cli("registry", "history")
-    assert history["aliases"]["champion"] == secured.summary["model_version"]
 
 
 def secured_script(secured: Secured, script: str, *args: str, code: int = 0) -> dict:

@@ -4,10 +4,13 @@ model bundles, STEELQC_HOME's own files, the monitor's ledger, backups, and MLfl
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from steelqc.infra import backup
 from steelqc.model_registry import schema
@@ -68,12 +71,20 @@ def test_a_backup_of_another_format_is_refused(tmp_path: Path) -> None:
         backup.read_manifest(tmp_path)
 
 
-def test_mlflow_databases_of_an_older_or_newer_mlflow_are_told_apart(steelqc_home: Path) -> None:
-    code, _, err = run("registry", "history", "--json")  # creates the SQLite store at this MLflow's schema
-    assert code == 0, err
+def test_mlflow_databases_of_an_older_or_newer_mlflow_are_told_apart(tmp_path: Path, steelqc_home: Path) -> None:
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a store at this MLflow's schema
     older = sorted(schema.known_revisions())[0]
     for revision, expected in ((older, "older MLflow"), ("ffffffffffff", "newer MLflow")):
-        with sqlite3.connect(steelqc_home / "mlflow.db") as db:
+        copy = tmp_path / f"{revision}.db"
+        shutil.copyfile(tmp_path / "mlflow.db", copy)
+        with sqlite3.connect(copy) as db:
             db.execute("UPDATE alembic_version SET version_num = ?", (revision,))
-        code, out, _ = run("registry", "history", "--json")
-        assert code == 1 and expected in out["error"] and revision in out["error"], out
+        with pytest.raises(MlflowException) as caught:  # what MLflow itself says: "run mlflow db upgrade", for both
+            MlflowClient(f"sqlite:///{copy}").search_experiments()
+        advice = schema.explain(caught.value)
+        assert advice is not None and expected in advice and revision in advice, advice
+    assert schema.explain(RuntimeError("something else")) is None
+    steelqc_home.mkdir(parents=True)
+    shutil.copyfile(tmp_path / "ffffffffffff.db", steelqc_home / "mlflow.db")  # and the CLI says so, exit 1
+    code, out, _ = run("registry", "history", "--json")
+    assert code == 1 and out["error"].startswith("The MLflow database was written by a newer MLflow"), out
