@@ -11,8 +11,8 @@ MLflow's users and their password hashes) holds:
 * ``db/<name>.dump``: ``pg_dump -Fc`` of each steelqc database on the server of ``database_url`` that exists
   (``<prefix>_mlflow``, ``_mlflow_auth``, ``_prefect``, ``_optuna``); the password travels in ``PGPASSWORD``, never
   on a command line;
-* ``sqlite/<file>``: without ``database_url``, the SQLite stores under ``STEELQC_HOME`` (``mlflow.db``,
-  ``mlflow-auth.db``, ``optuna.db``, ``prefect/prefect.db``), copied with SQLite's online backup;
+* ``sqlite/<file>``: the SQLite stores under ``STEELQC_HOME`` that exist (``mlflow.db``, ``mlflow-auth.db``,
+  ``optuna.db``, ``prefect/prefect.db``), copied with SQLite's online backup;
 * ``artifacts.tar.gz``: the artifact store (every object under the S3 prefix, or the folder);
 * ``home.tar.gz``: the rest of ``STEELQC_HOME`` (run folders, split ledger, review queue, reviewed images, monitor
   ledger, decision log, exports), without what can be rebuilt or holds secrets: ``cache/``, ``servers/``,
@@ -310,7 +310,7 @@ def backup(settings: Settings, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     databases = dump_databases(settings, out) if settings.database_url else []
-    sqlite = [] if settings.database_url else copy_sqlite(settings, out)
+    sqlite = copy_sqlite(settings, out)  # also beside PostgreSQL: Optuna's default study store is SQLite
     store = save_artifacts(settings, out)
     save_home(settings, out, store)
     files = {str(p.relative_to(out)): sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
