@@ -268,20 +268,23 @@ def test_prefect_server_restarted_after_the_run_gave_up_marks_the_run_crashed_no
         os.killpg(server, signal.SIGKILL)
         killed_at = time.monotonic()
         out, err = train.communicate(timeout=240)
+        gave_up_s = time.monotonic() - killed_at
     finally:
         if train.poll() is None:
             train.kill()
     failed = json.loads(out.strip().splitlines()[-1])
-    # the run could not record its end: it gives up (bounded retries) with a message that says what happens next
+    # the run could not record its end: it gives up (bounded retries; it does the rest of its work meanwhile, about
+    # 30 s) with a message that says what happens next
     assert train.returncode == 1 and failed["fault"] == "prefect-unreachable", (failed, err[-3000:])
+    assert gave_up_s < 90, f"exited {gave_up_s:.0f} s after the server died"
     assert api in failed["error"] and "marks the run Crashed" in failed["error"], failed["error"]
     assert "steelqc server start" in failed["error"] and "steelqc train --resume" in failed["error"]
 
     code, _, err = _steelqc(env, "server", "start", "--only", "prefect", timeout=120)  # the same database
     assert code == 0, err[-2000:]
     try:
-        assert _flow_run(api, running["id"])["state"] == "RUNNING"  # what the server knew when it died
-        # never left Running: the automation marks it Crashed 35 s after its last heartbeat
+        # never left Running (as the server knew it when it died): the automation marks it Crashed 35 s after its
+        # last heartbeat, at once when that passed while the server was down
         crashed = _wait_for(
             "the run marked Crashed",
             lambda: (r := _flow_run(api, running["id"])) and r["state"] != "RUNNING" and r,
