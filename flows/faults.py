@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from steelqc.tasks.config import Settings
-from steelqc.tasks.faults import MlflowRetries, PrefectRetries, disk_full, fullest, size, strerror, unreachable
+from steelqc.tasks.faults import MlflowRetries, PrefectRetries, disk_full, fullest, size, unreachable
 
 RESUME = "run `steelqc train --resume` (it continues from the last checkpoint and reuses a version already registered)"
 AGAIN = "run the command again"
@@ -78,12 +78,18 @@ def disk_fault(exc: BaseException, settings: Settings, then: str) -> Fault | Non
     if found is None:
         return None
     space = fullest(storage_paths(settings))
-    path = getattr(found, "filename", None) or (space.path if space else settings.home)
+    # a copy names its source first and its destination, the file that did not fit, second
+    path = (
+        getattr(found, "filename2", None)
+        or getattr(found, "filename", None)
+        or (space.path if space else settings.home)
+    )
+    detail = "" if isinstance(found, OSError) else f" ({found})"  # SQLite's words
     where = f"{space.path} has {size(space.free)} free of {size(space.total)}" if space else "free space unknown"
     return Fault(
         "disk-full",
-        f"No space left on device (ENOSPC) writing under {path} ({strerror(found)}): {where}. Free space there, "
-        f"or move STEELQC_HOME or the setting artifacts_destination to a larger disk, then {then}.",
+        f"No space left on device (ENOSPC) writing {path}{detail}: {where}. Free space there, or move STEELQC_HOME "
+        f"or the setting artifacts_destination to a larger disk, then {then}.",
         str(path),
     )
 

@@ -8,7 +8,6 @@ faults, so that every give-up can say what failed, how long it was retried and w
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
@@ -169,11 +168,3 @@ def size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"  # pragma: no cover
-
-
-def strerror(exc: BaseException) -> str:
-    """An OSError's own words with its file, else the exception's text."""
-    if isinstance(exc, OSError) and exc.strerror:
-        name = exc.filename if exc.filename is None else os.fspath(exc.filename)
-        return f"{exc.strerror}: {name}" if name else exc.strerror
-    return str(exc)

@@ -120,6 +120,9 @@ def test_give_up_messages_say_what_failed_how_long_and_what_to_do(
     assert full is not None and full.kind == "disk-full" and full.file is not None
     assert "No space left on device (ENOSPC)" in full.message and " free of " in full.message
     assert full.extra() == {"fault": "disk-full", "file": full.file}
+    copy = OSError(errno.ENOSPC, "No space left on device", "/tmp/src.pt", None, str(tmp_path / "dst.pt"))
+    copied = explain(copy, Settings(home=tmp_path), "again")  # shutil names a copy's source first
+    assert copied is not None and copied.file == str(tmp_path / "dst.pt") and "/tmp/src.pt" not in copied.message
     assert explain(ValueError("a bug"), remote) is None
 
 
