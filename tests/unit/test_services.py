@@ -75,8 +75,8 @@ def test_reviewer_identity(reviewer: str, started_by: str, same: bool) -> None:
 def test_a_killed_server_waiting_to_be_reaped_is_not_running() -> None:
     """A zombie (dead, not yet reaped by its parent) is not running: `steelqc server start` after a `kill -9` of the
     server need not wait out its stop timeout."""
-    # `sh` starts `true` in the background and becomes `sleep`, which never reaps it: a zombie that is not our child
-    proc = subprocess.Popen(["sh", "-c", "true & echo $!; exec sleep 5"], stdout=subprocess.PIPE, text=True)
+    # `sh` starts a child that exits a moment later and becomes `sleep`, which never reaps it: a zombie, not our child
+    proc = subprocess.Popen(["sh", "-c", "sleep 0.3 & echo $!; exec sleep 5"], stdout=subprocess.PIPE, text=True)
     try:
         zombie = int(proc.stdout.readline())
         deadline = time.monotonic() + 5
