@@ -31,6 +31,7 @@ from mlflow import MlflowClient
 
 from steelqc.model_registry import packaging, promotion
 from steelqc.tasks.config import Settings
+from steelqc.tasks.data.synth import generate_dataset
 from tests.helpers import RELAXED, STEELQC, free_port
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,14 @@ REQUEST_LINE = re.compile(rb"(?:GET|POST|PUT|PATCH|DELETE|HEAD) (\S+) HTTP/1\.[0
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 generated images: enough for the tiny profile's pipeline, and quicker than the champion's 120."""
+    out = tmp_path_factory.mktemp("faults") / "data"
+    generate_dataset(out, n_images=40, seed=3, mix={0: 0.3, 1: 0.25, 2: 0.15, 3: 0.15, 4: 0.15})
+    return out
 
 
 class KillSwitch:
@@ -160,7 +169,7 @@ def _registry(tracking_uri: str) -> dict:
 
 
 def test_mlflow_server_dying_mid_registration_gives_up_bounded_then_resume_finishes_the_same_version(
-    champion_data: Path, tmp_path: Path, prefect_env: dict, monkeypatch: pytest.MonkeyPatch
+    small_data: Path, tmp_path: Path, prefect_env: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home, backend, front = tmp_path / "home", free_port(), free_port()
     tracking = f"http://127.0.0.1:{front}"
@@ -174,7 +183,7 @@ def test_mlflow_server_dying_mid_registration_gives_up_bounded_then_resume_finis
     server = started["servers"]["mlflow"]["pid"]
     switch = KillSwitch(front, backend, b"/mlflow/model-versions/create", lambda: os.killpg(server, signal.SIGKILL))
     try:
-        code, failed, err = _steelqc(env, "train", "--data", str(champion_data), "--profile", "tiny", timeout=240)
+        code, failed, err = _steelqc(env, "train", "--data", str(small_data), "--profile", "tiny", timeout=240)
         gave_up_s = time.monotonic() - (switch.fired_at or time.monotonic())
     finally:
         switch.close()
@@ -202,7 +211,7 @@ def test_mlflow_server_dying_mid_registration_gives_up_bounded_then_resume_finis
         assert after["aliases"] == {} and after["locked"]
         assert not [e for e in after["history"] if e["action"] == "register"]
 
-        code, summary, err = _steelqc(env, "train", "--data", str(champion_data), "--profile", "tiny", "--resume")
+        code, summary, err = _steelqc(env, "train", "--data", str(small_data), "--profile", "tiny", "--resume")
         assert code == 0, err[-3000:]
         assert summary["model_version"] == version and summary["aliases"] == {
             "challenger": version,
@@ -246,7 +255,7 @@ def _wait_for(what: str, probe: Callable[[], object], timeout_s: float) -> objec
 
 
 def test_prefect_server_restarted_after_the_run_gave_up_marks_the_run_crashed_not_running(
-    champion_data: Path, tmp_path: Path
+    small_data: Path, tmp_path: Path
 ) -> None:
     home, port = tmp_path / "home", free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -259,7 +268,7 @@ def test_prefect_server_restarted_after_the_run_gave_up_marks_the_run_crashed_no
     assert code == 0, err[-2000:]
     server = started["servers"]["prefect"]["pid"]
     train = subprocess.Popen(
-        [*STEELQC, "train", "--data", str(champion_data), "--profile", "tiny", "--json"],
+        [*STEELQC, "train", "--data", str(small_data), "--profile", "tiny", "--json"],
         env={**env, "PREFECT_API_URL": api}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
