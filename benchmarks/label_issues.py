@@ -2,15 +2,15 @@
 mistakes it queues for review).
 
     python benchmarks/label_issues.py [--data ../shared/data/neu-cls] [--critical-class crazing] [--flips 20]
-                                      [--seed 5] [--cap 50] [--json]
+                                      [--seed 5] [--cap 50] [--epochs N] [--json]
 
 1. Copies the class-folder data set into a temporary folder and, in a temporary ``STEELQC_HOME``, ingests and
    splits it (`steelqc ingest`, `steelqc split`: the split ledger keeps each image's split by content hash).
 2. Plants ``--flips`` label errors: that many validation and test images (drawn with ``--seed``) are moved into the
    folder of another class (also drawn). Training images are left alone: a run looks for label errors among the
    images it evaluates, which it never trained on.
-3. Runs `steelqc train` on the flipped copy (the default recipe) with the review caps raised to ``--cap``, then
-   reads the run's ``evaluation/review_candidates.csv`` and ``probabilities.csv``.
+3. Runs `steelqc train` on the flipped copy (the default recipe; ``--epochs`` to shorten it) with the review caps
+   raised to ``--cap``, then reads the run's ``evaluation/review_candidates.csv`` and ``probabilities.csv``.
 
 Prints, per reason (``suspected-label-error``, ``confident-mistake``, either) and for the default caps (the first
 ``review_label_issues`` / ``review_confident_mistakes`` by rank): how many images were flagged, how many of the
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--flips", type=int, default=20)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--cap", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=None, help="Epochs (default: the recipe's).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -117,7 +118,8 @@ def main() -> None:
         splits = steelqc("split", str(Path(ingested["manifest"]).parent), env=env)["splits"]
         moves = plant_flips(data, splits, args.flips, args.seed)
         start = time.perf_counter()
-        summary = steelqc("train", "--data", str(data), "--critical-class", args.critical_class, env=env)
+        epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+        summary = steelqc("train", "--data", str(data), "--critical-class", args.critical_class, *epochs, env=env)
         seconds = time.perf_counter() - start
         candidates = pd.read_csv(Path(summary["run_dir"]) / "evaluation" / CANDIDATES_FILE, dtype=str)
     planted = set(moves["sha256"])
