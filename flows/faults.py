@@ -77,13 +77,11 @@ def disk_fault(exc: BaseException, settings: Settings, then: str) -> Fault | Non
     found = disk_full(exc)
     if found is None:
         return None
-    space = fullest(storage_paths(settings))
     # a copy names its source first and its destination, the file that did not fit, second
-    path = (
-        getattr(found, "filename2", None)
-        or getattr(found, "filename", None)
-        or (space.path if space else settings.home)
-    )
+    failed = getattr(found, "filename2", None) or getattr(found, "filename", None)
+    # the failed file's folder counts too: it may lie on its own, smaller file system (a mount under the home)
+    space = fullest([*storage_paths(settings), *([Path(os.fsdecode(failed)).parent] if failed else [])])
+    path = failed or (space.path if space else settings.home)
     detail = "" if isinstance(found, OSError) else f" ({found})"  # SQLite's words
     where = f"{space.path} has {size(space.free)} free of {size(space.total)}" if space else "free space unknown"
     return Fault(

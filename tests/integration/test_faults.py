@@ -310,8 +310,8 @@ FULL_DISK = r"""
 set -eu  # any failed mount stops here, before anything could write to the real home
 mount --bind "$HOME_DIR" "$REAL" && mount -o remount,bind,ro "$REAL"   # the real home: read-only from here on
 mount -t tmpfs -o size=256m steelqc-home "$HOME_DIR" && cp -a "$REAL/." "$HOME_DIR/"
-mount -t tmpfs -o size="${ARTIFACTS_KB}k" steelqc-artifacts "$HOME_DIR/mlartifacts"
-cp -a "$REAL/mlartifacts/." "$HOME_DIR/mlartifacts/"
+mount -t tmpfs -o size="${MODELS_KB}k" steelqc-models "$HOME_DIR/mlartifacts/models"
+cp -a "$REAL/mlartifacts/models/." "$HOME_DIR/mlartifacts/models/"
 "$PYTHON" "$CHECK" > "$OUT/before.json" 2> "$OUT/before.log"
 rc=0
 "$STEELQC" train --data "$DATA" --profile tiny --json > "$OUT/train.json" 2> "$OUT/train.log" || rc=$?
@@ -363,19 +363,19 @@ def test_full_artifact_store_during_registration_fails_clearly_and_leaves_the_ch
     champion, tmp_path: Path, prefect_env: dict
 ) -> None:
     """The session's champion store, copied into a private mount namespace (the real one is mounted read-only there),
-    its artifacts on a tmpfs with room for one more run's artifacts but only half its model: the run fills the disk
-    while registering its model."""
+    its logged models' folder on a tmpfs with room for the models there and half of one more: the run fills the disk
+    while registering its model (its other artifacts, whose size varies, land beside it on a roomy tmpfs)."""
     _private_mounts_or_skip()
     artifacts = champion.home / "mlartifacts"
-    run = artifacts / champion.summary["run_id"]
-    files = [f for f in artifacts.rglob("*") if f.is_file()]
-    model = [f for f in files if "models" in f.relative_to(artifacts).parts[:1]]
-    room = _pages(files) + _pages([f for f in files if run in f.parents]) + _pages(model) // 2
+    models = [f for f in (artifacts / "models").rglob("*") if f.is_file()]
+    folders = {f.relative_to(artifacts / "models").parts[0] for f in models}
+    smallest = min(_pages([f for f in models if f.relative_to(artifacts / "models").parts[0] == d]) for d in folders)
+    room = _pages(models) + smallest // 2  # less than any one model: the next model written there cannot fit
     (tmp_path / "check.py").write_text(CHECK)
     (tmp_path / "real").mkdir()
     env = {
         **os.environ, **RELAXED, "HOME_DIR": str(champion.home), "REAL": str(tmp_path / "real"),
-        "ARTIFACTS_KB": str(room // 1024), "PYTHON": str(Path(STEELQC[0]).with_name("python")), "OUT": str(tmp_path),
+        "MODELS_KB": str(room // 1024), "PYTHON": str(Path(STEELQC[0]).with_name("python")), "OUT": str(tmp_path),
         "CHECK": str(tmp_path / "check.py"), "STEELQC": STEELQC[0], "DATA": str(champion.data),
         "STEELQC_HOME": str(champion.home),
     }  # fmt: skip
@@ -389,7 +389,9 @@ def test_full_artifact_store_during_registration_fails_clearly_and_leaves_the_ch
     failed = json.loads((tmp_path / "train.json").read_text().strip().splitlines()[-1])
     assert (tmp_path / "train.rc").read_text().strip() == "1", log[-3000:]
     assert failed["fault"] == "disk-full" and failed["file"].startswith(f"{artifacts}/"), (failed, log[-3000:])
-    assert f"{artifacts} has " in failed["error"], failed["error"]  # the full place and its free space
+    # the full place (the models' tmpfs, not the roomy home around it) and its free space
+    full_place = rf": {re.escape(str(artifacts))}/models\S* has [\d.]+ [KMG]?B free of "
+    assert re.search(full_place, failed["error"]), failed["error"]
     assert "No space left on device (ENOSPC)" in failed["error"] and "steelqc train --resume" in failed["error"]
     assert "in log_pyfunc" in log, log[-3000:]  # it filled the disk while writing the model it was registering
     # nothing registered, nothing moved, no lock left; the champion loads, its weights those its version records

@@ -194,7 +194,7 @@ def test_compose_topology_trains_with_approval_and_monitors_the_s3_inbox(
     mlflow = MlflowClient(servers["STEELQC_TRACKING_URI"])
     [model] = mlflow.search_registered_models(filter_string="name = 'steel-defect-classifier'")
     champion = mlflow.get_model_version_by_alias(model.name, "champion")
-    assert champion.version == event["to_version"] and event["flow_run_id"] == training
+    assert str(champion.version) == event["to_version"] and event["flow_run_id"] == training
     run_keys = s3_keys(moto_s3, "mlflow/")
     run_id = champion.run_id
     assert any(f"/{run_id}/artifacts/" in key for key in run_keys), "the run's artifacts are not in S3"
