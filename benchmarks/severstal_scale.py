@@ -1,6 +1,7 @@
 """Load at Severstal scale: generate, ingest, train one epoch and monitor as many images as the real data set holds.
 
-    python benchmarks/severstal_scale.py [--n-images 12568] [--seed 3] [--epochs 1] [--work DIR] [--keep] [--json]
+    python benchmarks/severstal_scale.py [--n-images 12568] [--seed 3] [--epochs 1] [--work DIR] [--keep]
+        [--setting STEELQC_NAME=VALUE ...] [--json]
 
 Each step is the real CLI in its own process (``--json``), in a fresh ``STEELQC_HOME`` under ``--work`` (default:
 a temporary folder, removed afterwards unless ``--keep``):
@@ -77,15 +78,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None, help="Folder for data and STEELQC_HOME.")
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
+    parser.add_argument("--setting", action="append", default=[], metavar="STEELQC_NAME=VALUE",
+                        help="A setting for every step (repeatable), e.g. STEELQC_CACHE__MAX_BYTES_MEMORY=0.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.setting)
+    if any(not name.startswith("STEELQC_") for name in settings):
+        parser.error(f"--setting takes STEELQC_NAME=VALUE, got {args.setting}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="steelqc-scale-"))
     data, home, inbox = work / "data", work / "home", work / "inbox"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEELQC_")}
     env |= RELAXED_GATES | {"STEELQC_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env |= {"STEELQC_MONITOR_MIN_IMAGES": "1", "STEELQC_MONITOR_MAX_IMAGES": str(args.n_images)}
+    env |= {"STEELQC_MONITOR_MIN_IMAGES": "1", "STEELQC_MONITOR_MAX_IMAGES": str(args.n_images)} | settings
     rows = []
     try:
         n = args.n_images
@@ -109,7 +115,7 @@ def main() -> None:
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    result = {"n_images": args.n_images, "cores": os.cpu_count(), "load_avg": os.getloadavg(), "steps": rows}
+    result = {"n_images": args.n_images, "settings": settings, "cores": os.cpu_count(), "load_avg": os.getloadavg(), "steps": rows}
     if args.json:
         print(json.dumps(result))
         return

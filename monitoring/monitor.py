@@ -426,6 +426,8 @@ def review_picks(frame: pd.DataFrame, drifted: bool, settings: Settings, thresho
         drifted=drifted,
         drift_sample=settings.review_drift_sample,
         seed=settings.seed,
+        near_threshold=settings.review_near_threshold,
+        most_novel=settings.review_novel,
     )
 
 

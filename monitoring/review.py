@@ -40,6 +40,7 @@ from steelqc.tasks.data.imageio import read_regular_file
 from steelqc.tasks.evaluation.label_issues import CONFIDENT_MISTAKE, SUSPECTED_LABEL_ERROR
 
 log = logging.getLogger(__name__)
+NEAR = "near-critical-threshold"
 
 REASONS = (
     "least-confident",
@@ -64,6 +65,15 @@ class ReviewQueueError(ValueError):
 # ------------------------------------------------------------------------------------------- selection
 
 
+def _first(rows: np.ndarray, key: np.ndarray, most: int | None, uris: pd.Series, reason: str) -> list[int]:
+    """Of ``rows``, the ``most`` with the smallest ``key`` (NaN last, ties by uri); all when ``most`` is None."""
+    if most is None or len(rows) <= most:
+        return [int(i) for i in rows]
+    log.info("review: %d of %d %s images queued (the cap of one batch)", most, len(rows), reason)
+    order = pd.DataFrame({"k": key[rows], "uri": uris.to_numpy()[rows].astype(str), "i": rows})
+    return [int(i) for i in order.sort_values(["k", "uri"], kind="stable", na_position="last")["i"][:most]]
+
+
 def select_for_review(
     records: pd.DataFrame,
     *,
@@ -73,12 +83,15 @@ def select_for_review(
     drifted: bool,
     drift_sample: int,
     seed: int,
+    near_threshold: int | None = None,
+    most_novel: int | None = None,
 ) -> pd.DataFrame:
     """The rows of ``records`` to queue for labelling, each once, with a ``reasons`` column (list of str).
 
     Reasons: ``least-confident`` (the ``least_confident`` lowest ``confidence``, ties by uri),
-    ``near-critical-threshold`` (``|critical_proba - threshold| <= margin``; none when ``threshold`` is None),
-    ``novel`` (``novel`` true), ``drift-sample`` (when ``drifted``: ``drift_sample`` rows drawn with ``seed`` from
+    ``near-critical-threshold`` (``|critical_proba - threshold| <= margin``, the ``near_threshold`` closest; none
+    when ``threshold`` is None), ``novel`` (``novel`` true, the ``most_novel`` highest ``novelty``), ``drift-sample``
+    (when ``drifted``: ``drift_sample`` rows drawn with ``seed`` from
     the rows no other reason picked). Rows keep the order of ``records``; a repeated ``sha256`` counts once.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
@@ -96,11 +109,14 @@ def select_for_review(
             reasons[i].append("least-confident")
     if threshold is not None:
         proba = pd.to_numeric(batch["critical_proba"], errors="coerce")
-        near = ((proba - threshold).abs() <= margin + _EPS).fillna(False)
-        for i in np.flatnonzero(near.to_numpy()):
-            reasons[i].append("near-critical-threshold")
-    novel = batch["novel"].fillna(False).astype(bool).to_numpy()
-    for i in np.flatnonzero(novel):
+        distance = (proba - threshold).abs()
+        near = (distance <= margin + _EPS).fillna(False).to_numpy()
+        near_rows = _first(np.flatnonzero(near), distance.to_numpy(), near_threshold, batch["uri"], NEAR)
+        for i in near_rows:
+            reasons[i].append(NEAR)
+    novel = np.flatnonzero(batch["novel"].fillna(False).astype(bool).to_numpy())
+    novelty = -pd.to_numeric(batch.get("novelty", pd.Series(np.nan, index=batch.index)), errors="coerce")
+    for i in _first(novel, novelty.to_numpy(), most_novel, batch["uri"], "novel"):
         reasons[i].append("novel")
     if drifted and drift_sample > 0:
         rest = [i for i, r in enumerate(reasons) if not r]

@@ -321,6 +321,10 @@ class Settings(BaseSettings):
     review_margin: float = Field(
         default=0.1, ge=0, description="Queue images whose critical probability is this close to the threshold."
     )
+    review_near_threshold: int = Field(
+        default=20, ge=0, description="Most images within review_margin of the threshold queued per batch (closest)."
+    )
+    review_novel: int = Field(default=50, ge=0, description="Most novel images queued per batch (most novel first).")
     review_drift_sample: int = Field(default=20, ge=0, description="Images of a drifted batch queued at random.")
     review_label_issues: int = Field(
         default=20,

@@ -92,6 +92,29 @@ def test_drift_sample_is_seeded_and_drawn_from_the_rest() -> None:
     assert len(everything) == 20  # capped at the rows left
 
 
+def test_near_threshold_and_novel_are_capped_closest_and_most_novel_first() -> None:
+    """A low calibrated threshold puts most OK images within the margin: the queue takes the closest few, not all."""
+    records = batch(12).sample(frac=1, random_state=5)  # order of rows must not matter
+    offsets = (0.0, 0.01, -0.02, 0.03, -0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.3)
+    records["critical_proba"] = [0.5 + d for d in offsets]
+    records["novel"] = [True] * 6 + [False] * 6
+    records["novelty"] = [1.0, 5.0, 3.0, float("nan"), 4.0, 2.0] + [9.0] * 6
+    args = {**SELECT, "least_confident": 0}
+
+    picked = select_for_review(records, **args, near_threshold=3, most_novel=2)
+    near = {u for u, r in reasons_by_uri(picked).items() if "near-critical-threshold" in r}
+    novel = {u for u, r in reasons_by_uri(picked).items() if "novel" in r}
+    distance = (records["critical_proba"] - 0.5).abs()
+    assert near == set(records.loc[distance.nsmallest(3).index, "uri"])
+    assert novel == set(records.loc[records["novel"]].nlargest(2, "novelty")["uri"])
+    assert select_for_review(records, **args, near_threshold=3, most_novel=2)["uri"].tolist() == picked["uri"].tolist()
+
+    everything = select_for_review(records, **args)  # no caps: every candidate
+    assert everything["reasons"].map(lambda r: "near-critical-threshold" in r).sum() == 11
+    assert everything["reasons"].map(lambda r: "novel" in r).sum() == 6
+    assert select_for_review(records, **args, near_threshold=0, most_novel=0).empty
+
+
 def test_missing_columns_are_named() -> None:
     with pytest.raises(ValueError, match="novel"):
         select_for_review(batch(3).drop(columns=["novel"]), **SELECT)
