@@ -78,8 +78,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--work", type=Path, default=None, help="Folder for data and STEELQC_HOME.")
     parser.add_argument("--keep", action="store_true", help="Keep the work folder.")
-    parser.add_argument("--setting", action="append", default=[], metavar="STEELQC_NAME=VALUE",
-                        help="A setting for every step (repeatable), e.g. STEELQC_CACHE__MAX_BYTES_MEMORY=0.")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="STEELQC_NAME=VALUE",
+        help="A setting for every step (repeatable), e.g. STEELQC_CACHE__MAX_BYTES_MEMORY=0.",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.setting)
@@ -115,7 +120,13 @@ def main() -> None:
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    result = {"n_images": args.n_images, "settings": settings, "cores": os.cpu_count(), "load_avg": os.getloadavg(), "steps": rows}
+    result = {
+        "n_images": args.n_images,
+        "settings": settings,
+        "cores": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "steps": rows,
+    }
     if args.json:
         print(json.dumps(result))
         return
