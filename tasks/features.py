@@ -47,6 +47,7 @@ from steelqc.tasks.data.datasets import Corruption, InputSpec, build_transforms,
 from steelqc.tasks.data.imageio import decode_image, luminance, read_regular_file
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
+from steelqc.tasks.memory import trim_heap
 from steelqc.tasks.model.inference import autocast_context, available_cpus, to_device
 from steelqc.tasks.model.models import head_layer, novelty_layers
 
@@ -59,6 +60,7 @@ SATURATED_LEVEL = 250
 DARK_LEVEL = 5
 """Grey level up to which a pixel counts as near-black."""
 MAX_COMPONENTS = 16
+TRIM_EVERY = 8  # batches between two trim_heap calls in extract
 REFERENCE_FORMAT = "steelqc-reference/1"
 REFERENCE_FILES = ("reference.json", "features.csv", "arrays.npz")
 
@@ -219,6 +221,8 @@ def extract(
                 photometric.append(np.asarray(feats, dtype=np.float32))
                 errors += list(errs)
                 bar.update(len(errs))
+                if len(proba) % TRIM_EVERY == 0:
+                    trim_heap()  # the freed batch buffers, else resident memory grows with the images
     finally:
         for hook in hooks:
             hook.remove()
