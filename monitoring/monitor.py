@@ -264,7 +264,8 @@ def score_batch(champion: Champion, batch: Batch, settings: Settings) -> tuple[p
     workers = feature_workers(settings.monitor_workers, model.device)
     raw = extract(
         model.model, model.architecture, model.spec, paths, batch_size=settings.monitor_batch_size,
-        device=model.device, num_workers=workers,
+        device=model.device, num_workers=workers, max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
     )  # fmt: skip
     by_path = {p: (item.uri, sha) for p, (item, sha) in zip(paths, batch.items, strict=True)}
     quarantined = [

@@ -42,9 +42,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
+from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from steelqc.tasks.data.datasets import Corruption, InputSpec, build_transforms, default_num_workers
-from steelqc.tasks.data.imageio import decode_image, luminance, read_regular_file
+from steelqc.tasks.data.imageio import UnsupportedImage, decode_image, luminance, read_regular_file
 from steelqc.tasks.data.labels import LabelSpace
 from steelqc.tasks.evaluation.metrics import decide
 from steelqc.tasks.memory import trim_heap
@@ -124,9 +124,10 @@ class FeatureDataset(Dataset):
         spec: InputSpec,
         corruption: Corruption | None = None,
         max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         self.paths = [str(p) for p in paths]
-        self.spec, self.corruption, self.max_bytes = spec, corruption, max_bytes
+        self.spec, self.corruption, self.max_bytes, self.max_pixels = spec, corruption, max_bytes, max_pixels
         self.transform = build_transforms(spec, train=False)
 
     def __len__(self) -> int:
@@ -135,7 +136,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, np.ndarray, str]:
         path = self.paths[index]
         try:
-            img = decode_image(io.BytesIO(read_regular_file(path, self.max_bytes)), self.spec.image_channels)
+            data = read_regular_file(path, self.max_bytes)
+            if len(data) > self.max_bytes:
+                raise UnsupportedImage(f"more than max_image_bytes ({self.max_bytes}) bytes: refused unread")
+            img = decode_image(io.BytesIO(data), self.spec.image_channels, self.max_pixels)
             if self.corruption is not None:
                 img = np.ascontiguousarray(self.corruption(img, Path(path).name), dtype=np.uint8)
             return self.transform(image=img)["image"], photometric_features(luminance(img)), ""
@@ -186,11 +190,14 @@ def extract(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "features",
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> RawFeatures:
     """Photometric features, embeddings and probabilities of ``paths`` in one pass of the model.
 
     CUDA: autocast (fp16), channels-last, pinned memory; CPU: channels-last. Unreadable images get an error.
     ``num_workers``: processes decoding ahead of the model (:func:`feature_workers`); the features are the same.
+    An image file over ``max_bytes`` bytes or ``max_pixels`` pixels gets an error instead of being decoded.
     """
     cuda = str(device).startswith("cuda")
     model.to(device, memory_format=torch.channels_last).eval()
@@ -204,7 +211,7 @@ def extract(
     ]
     for block, store in zip(blocks, pooled, strict=True):
         hooks.append(block.register_forward_hook(lambda _m, _args, out, store=store: store.append(_pool(out))))
-    dataset = FeatureDataset(paths, spec, corruption)
+    dataset = FeatureDataset(paths, spec, corruption, max_bytes, max_pixels)
     workers = max(0, int(num_workers))
     # No cv2.setNumThreads in the workers: in a child forked after OpenCV's thread pool ran (the training flow's
     # evaluation), it blocks for ever; OpenCV's own calls work there.

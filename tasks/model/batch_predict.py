@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES
+from steelqc.tasks.config import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from steelqc.tasks.data.datasets import InputSpec, build_transforms
 from steelqc.tasks.data.imageio import decode_image, read_regular_file
 from steelqc.tasks.data.labels import LabelSpace
@@ -218,8 +218,8 @@ class _Prepared:
 class _Preprocess:
     """Decode with the one decoder and preprocess as evaluation does (resize, normalise); one transform per thread."""
 
-    def __init__(self, spec: InputSpec, load: Loader):
-        self.spec, self.load, self.local = spec, load, threading.local()
+    def __init__(self, spec: InputSpec, load: Loader, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.spec, self.load, self.local, self.max_pixels = spec, load, threading.local(), max_pixels
 
     def __call__(self, item: Any) -> _Prepared:
         try:
@@ -232,7 +232,7 @@ class _Preprocess:
         try:
             if not hasattr(self.local, "transform"):
                 self.local.transform = build_transforms(self.spec, train=False)
-            img = decode_image(io.BytesIO(loaded.data), self.spec.image_channels)
+            img = decode_image(io.BytesIO(loaded.data), self.spec.image_channels, self.max_pixels)
             tensor = self.local.transform(image=img)["image"].numpy()
         except Exception as exc:  # truncated, not an image, unsupported mode, decompression bomb...
             return _Prepared(loaded.image, sha, None, f"unreadable image: {type(exc).__name__}: {exc}")
@@ -247,13 +247,15 @@ def predict_stream(
     batch_size: int = 16,
     workers: int = 2,
     max_in_flight: int | None = None,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Iterator[dict[str, Any]]:
     """One record per item, in input order (see the module docstring). ``max_in_flight`` (default twice the
-    batch, at least the batch): the most images read but not yet yielded as records."""
+    batch, at least the batch): the most images read but not yet yielded as records. An image of more than
+    ``max_pixels`` pixels is refused unread (its record says why)."""
     load = load or file_loader()
     batch_size = max(1, int(batch_size))
     window = max(batch_size, int(max_in_flight or 2 * batch_size))
-    prepare = _Preprocess(scorer.spec, load)
+    prepare = _Preprocess(scorer.spec, load, max_pixels)
     source = iter(items)
     pending: deque[Future[_Prepared]] = deque()
     batch: list[_Prepared] = []

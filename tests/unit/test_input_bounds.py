@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from steelqc.tasks.data.datasets import InputSpec
 from steelqc.tasks.data.imageio import UnsupportedImage, decode_image
 from steelqc.tasks.data.ingest import IngestError, read_severstal_csv
+from steelqc.tasks.features import FeatureDataset
+from steelqc.tasks.model.batch_predict import _Preprocess, file_loader
 from tests.helpers import alarm, png_bomb, run, write_image
 
 
@@ -21,6 +24,18 @@ def test_the_decoder_refuses_a_decompression_bomb_from_its_header(tmp_path: Path
     with pytest.raises(UnsupportedImage, match="over the limit of 1000"):
         decode_image(write_image(tmp_path / "ok.png", (40, 40), "PNG"), max_pixels=1000)
     assert decode_image(write_image(tmp_path / "ok.jpg", (40, 40))).shape == (40, 40)
+
+
+def test_predict_and_the_monitor_take_the_pixel_and_byte_bounds_they_are_given(tmp_path: Path) -> None:
+    """The settings' max_image_pixels and max_image_bytes reach predict's and the feature pass's decoders."""
+    image = write_image(tmp_path / "ok.png", (40, 60), "PNG")
+    spec = InputSpec(height=32, width=32, channels=1)
+    assert FeatureDataset([image], spec)[0][2] == ""  # the defaults read it
+    assert "over the limit of 1000" in FeatureDataset([image], spec, max_pixels=1000)[0][2]
+    assert "more than max_image_bytes (10) bytes: refused unread" in FeatureDataset([image], spec, max_bytes=10)[0][2]
+    assert _Preprocess(spec, file_loader())(image).error is None
+    refused = _Preprocess(spec, file_loader(), max_pixels=1000)(image)
+    assert refused.tensor is None and "over the limit of 1000" in str(refused.error)
 
 
 def test_train_csv_over_max_csv_bytes_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
