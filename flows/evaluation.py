@@ -101,9 +101,8 @@ def predict_images(
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="steelqc-predict-")))
         decisions = stack.enter_context(DecisionLog(folder, scorer.meta())) if log_decisions else None
         stream = predict_stream(
-            _items(paths, settings), scorer, _loader(settings, tmp),
-            batch_size=settings.monitor_batch_size, workers=min(4, available_cpus()),
-            max_pixels=settings.max_image_pixels,
+            _items(paths, settings), scorer, _loader(settings, tmp), batch_size=settings.monitor_batch_size,
+            workers=min(4, available_cpus()), max_pixels=settings.max_image_pixels,
         )  # fmt: skip
         records = collect(stream, decisions, csv_path, scorer.label_space.names, progress)
     seconds = time.perf_counter() - started

@@ -191,7 +191,7 @@ def _mlflow_records(secured: Secured) -> list[tuple[str, str]]:
     """The training run's parameters and tags, the version's tags and source, through the authenticated server."""
     os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD)
     try:
-        client = MlflowClient(secured.mlflow_url)
+        client = MlflowClient(secured.mlflow_url, registry_uri=secured.mlflow_url)
         run = client.get_run(secured.summary["run_id"])
         version = client.get_model_version(NAME, secured.summary["model_version"])
     finally:

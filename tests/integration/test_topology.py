@@ -191,10 +191,11 @@ def test_compose_topology_trains_with_approval_and_monitors_the_s3_inbox(
     assert approved["applied"] is True and (event["action"], event["actor"]) == ("approve", "ml-lead")
     assert approved["aliases"]["champion"] == event["to_version"]
 
-    mlflow = MlflowClient(servers["STEELQC_TRACKING_URI"])
+    # the registry too: another test's mlflow.set_registry_uri would otherwise answer (a local store)
+    mlflow = MlflowClient(servers["STEELQC_TRACKING_URI"], registry_uri=servers["STEELQC_TRACKING_URI"])
     [model] = mlflow.search_registered_models(filter_string="name = 'steel-defect-classifier'")
     champion = mlflow.get_model_version_by_alias(model.name, "champion")
-    assert str(champion.version) == event["to_version"] and event["flow_run_id"] == training
+    assert champion.version == event["to_version"] and event["flow_run_id"] == training
     run_keys = s3_keys(moto_s3, "mlflow/")
     run_id = champion.run_id
     assert any(f"/{run_id}/artifacts/" in key for key in run_keys), "the run's artifacts are not in S3"
